@@ -1,0 +1,1 @@
+"""One module per ``eksft`` subcommand, each with ``main(argv) -> int``."""
