@@ -75,7 +75,7 @@ class ObjectiveOutput:
 
 @dataclass(frozen=True)
 class Objective:
-    fn: Callable[[TokenStats, ObjectiveParams, "torch.Tensor | int | None"], ObjectiveOutput]
+    fn: Callable[[TokenStats, ObjectiveParams, torch.Tensor | int | None], ObjectiveOutput]
     needs_reference: bool  # needs ref logits (KL / ref_logp); without it the reference forward is skipped
     summary: str
     top_k_entropy: bool = False  # needs TokenStats.top_k_entropy (k = params.eaft_top_k)
@@ -144,5 +144,5 @@ def make_output(
         entropy_set=entropy_set,
         kl_set=kl_set,
         imitated=imitated,
-        metrics=dict(zip(values, floats)),
+        metrics=dict(zip(values, floats, strict=True)),
     )
