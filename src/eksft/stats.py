@@ -74,14 +74,20 @@ def token_stats(
         raise ValueError(f"labels must be [batch, seq] = {tuple(logits.shape[:2])}, got shape {tuple(labels.shape)}")
     if ref_logits is not None and ref_logits.shape != logits.shape:
         raise ValueError(f"ref_logits must have the shape of logits {tuple(logits.shape)}, got {tuple(ref_logits.shape)}")
-    if check_finite:
-        for name, tensor in (("logits", logits), ("ref_logits", ref_logits)):
-            if tensor is not None and not bool(torch.isfinite(tensor).all()):
-                raise ValueError(f"{name} contains NaN or inf; check the model's forward pass and the learning rate")
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"labels must hold integer token ids (int64), got dtype {labels.dtype}")
 
     targets, valid = shift_labels(labels)
     dtype = torch.promote_types(logits.dtype, torch.float32)
     vocab_size = logits.shape[-1]
+    if check_finite:
+        # only the positions that are trained on: padding rows of some models are legitimately NaN
+        for name, tensor in (("logits", logits), ("ref_logits", ref_logits)):
+            if tensor is not None and not bool(torch.isfinite(tensor[:, :-1][valid]).all()):
+                raise ValueError(
+                    f"{name} contains NaN or inf at a trained position; check the model's forward pass and the "
+                    "learning rate"
+                )
 
     def dense(rows: torch.Tensor) -> torch.Tensor:
         # scatter per-valid-position values back to [B, T-1], exact zeros elsewhere

@@ -72,6 +72,9 @@ def objective_loss(
     hyper-parameters, wrong shapes, non-finite logits, or labels without a single position to train on.
     """
     objective = get_objective(name)
+    unknown = sorted(set(params) - set(ObjectiveParams.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown objective parameter(s) {unknown}; known: {', '.join(ObjectiveParams.__dataclass_fields__)}")
     params = ObjectiveParams(**params)
     if objective.needs_reference and ref_logits is None:
         raise ValueError(f"objective {name!r} needs ref_logits (the reference model's logits), got None")
@@ -85,6 +88,11 @@ def objective_loss(
         raise ValueError(
             "labels has no valid position: every target labels[:, 1:] is -100 (or the sequence length is 1); "
             "nothing to train on"
+        )
+    if num_items_in_batch is not None and int(num_items_in_batch) < stats.num_valid:
+        raise ValueError(
+            f"num_items_in_batch must count the valid targets of the whole accumulated batch, so at least the "
+            f"{stats.num_valid} of this micro-batch; got {int(num_items_in_batch)}"
         )
     return objective.fn(stats, params, num_items_in_batch)
 

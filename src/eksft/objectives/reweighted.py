@@ -10,8 +10,8 @@ the sums by ``num_items_in_batch`` instead, see ``base.py``):
   (mode-seeking) KL from the policy to the frozen reference, the same direction as EKSFT's KL term.
 * ``chord_phi`` (CHORD's phi weighting, Zhang et al. 2025):  mean_t sg(p_t(y) (1 - p_t(y))) * nll_t
 * ``eaft`` (Entropy-Adaptive Fine-Tuning):  mean_t sg(H^top-k_t / log k) * nll_t, where H^top-k is the entropy of
-  the policy renormalised over its k = eaft_top_k (20) most likely tokens: confident tokens (low entropy) that
-  conflict with the data are down-weighted.
+  the policy renormalised over its k = min(eaft_top_k, |V|) most likely tokens (eaft_top_k = 20): confident tokens
+  (low entropy) that conflict with the data are down-weighted; a uniform top-k gets weight 1.
 * ``iw_sft`` (importance-weighted SFT, Qin & Springenberg 2025): every token of sequence b gets the sequence weight
   w_b = sg(clamp(exp(mean_{t in b}(log p_t(y) - log q_t(y))), 0, iw_clip)), the likelihood ratio of policy to
   reference averaged per token (geometric mean) for stability:  mean_t w_{b(t)} * nll_t
@@ -59,7 +59,8 @@ def eaft(stats: TokenStats, params: ObjectiveParams, num_items_in_batch=None) ->
     """Each token's NLL weighted by its normalised top-k entropy."""
     if stats.top_k_entropy is None:
         raise ValueError("eaft needs TokenStats.top_k_entropy: compute the statistics with top_k_entropy=eaft_top_k")
-    return _weighted_nll(stats, params, num_items_in_batch, stats.top_k_entropy / math.log(params.eaft_top_k))
+    k = min(params.eaft_top_k, stats.vocab_size)
+    return _weighted_nll(stats, params, num_items_in_batch, stats.top_k_entropy / math.log(k))
 
 
 def iw_sft(stats: TokenStats, params: ObjectiveParams, num_items_in_batch=None) -> ObjectiveOutput:
