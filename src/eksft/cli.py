@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "sft": ("sft", "supervised fine-tuning with EKSFT or any baseline objective (TRL SFTTrainer)"),
     "grpo": ("grpo", "RL with verifiable math rewards after SFT (TRL GRPOTrainer)"),
     "eval": ("eval", "pass@k evaluation on AIME / AMC / HMMT / MATH-500 or a local JSONL"),
+    "analyze": ("analyze", "parameter drift, distribution shift and entropy/KL token-set overlap, with plots"),
     "tiny-model": ("tiny_model", "write a tiny Qwen3-architecture model and tokenizer, offline"),
     "demo": ("demo", "the offline end-to-end demo on a tiny model"),
 }
