@@ -1,0 +1,176 @@
+"""``eksft eval``: pass@k of a model on math benchmarks, resumable, with a paper-shaped table.
+
+    eksft eval --model out/grpo --benchmark aime24 --benchmark math500 --num-samples 32 --k 1,8,32 --output-dir ev
+    eksft eval --report ev/base ev/sft ev/grpo        # one table, one row per model
+
+Order of work: check every option, read every benchmark, load the tokenizer and check the output directory (all
+without writing anything), and only then load the model and sample. See ``eksft.evaluation.runner`` for the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..evaluation.benchmarks import BENCHMARKS
+    from ..evaluation.runner import DEFAULT_PROMPT_TEMPLATE
+
+    parser = argparse.ArgumentParser(
+        prog="eksft eval",
+        description=(
+            "Sample completions for math benchmarks, grade them with math-verify, and report avg@n and pass@k. "
+            "Samples are appended to OUTPUT_DIR/<benchmark>/samples.jsonl as they are produced; rerunning the same "
+            "command resumes. results.json and results.md appear only when every sample is done."
+        ),
+    )
+    parser.add_argument("--model", metavar="DIR", help="model directory (or hub id) with its tokenizer")
+    parser.add_argument("--benchmark", action="append", metavar="NAME|FILE",
+                        help=f"one of {', '.join(BENCHMARKS)}, or a local .jsonl/.json/.parquet file; repeat for several")
+    parser.add_argument("--problem-field", help="field holding the problem text (default: the benchmark's, else 'problem')")
+    parser.add_argument("--answer-field", help="field holding the gold answer (default: the benchmark's, else 'answer')")
+    parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples per problem (default: 1)")
+    parser.add_argument("--k", default=None, metavar="K,K,...",
+                        help="pass@k values, each <= N (default: 1 and N)")
+    parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature; 0 = greedy (default: 0.6)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default: 0.95)")
+    parser.add_argument("--max-new-tokens", type=int, default=8192, help="longest completion in tokens (default: 8192)")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per generation call (default: 8)")
+    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                        help="hf: transformers generate (CPU or GPU); vllm: vLLM, when installed (default: hf)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--output-dir", metavar="DIR", help="where samples and results go (rerun with it to resume)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N problems of each benchmark")
+    parser.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
+                        help="user message; {problem} is replaced by the problem (default: %(default)r)")
+    parser.add_argument("--system-prompt", default=None, help="optional system message")
+    parser.add_argument("--no-chat-template", dest="chat_template", action="store_false",
+                        help="send the filled template as plain text instead of through the tokenizer's chat template")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--report", nargs="+", metavar="RESULTS",
+                        help="print one table from finished runs (results.json files or their directories) and exit")
+    return parser
+
+
+def parse_ks(text: str | None, num_samples: int) -> tuple[int, ...]:
+    if text is None:
+        return tuple(sorted({1, num_samples}))
+    try:
+        ks = tuple(dict.fromkeys(int(part) for part in text.split(",") if part.strip()))
+    except ValueError:
+        raise UserError(f"--k must be comma-separated integers such as 1,8,32; got {text!r}") from None
+    if not ks:
+        raise UserError("--k is empty; give values such as 1,8,32")
+    for k in ks:
+        if k < 1:
+            raise UserError(f"--k values must be >= 1; got {k}")
+        if k > num_samples:
+            raise UserError(f"k={k} is larger than --num-samples {num_samples}: pass@{k} needs at least {k} samples "
+                            "per problem; raise --num-samples or drop that k")  # fmt: skip
+    return ks
+
+
+def _check_numbers(args) -> None:
+    if args.num_samples < 1:
+        raise UserError(f"--num-samples must be >= 1; got {args.num_samples}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0; got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1]; got {args.top_p}")
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size),
+                        ("--limit", args.limit if args.limit is not None else 1)):  # fmt: skip
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1; got {value}")
+    if "{problem}" not in args.prompt_template:
+        raise UserError(f"--prompt-template must contain {{problem}}; got {args.prompt_template!r}")
+
+
+# One of these must be there: transformers 5 otherwise builds an empty tokenizer for a directory without one
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def load_tokenizer(model: str, flag: str = "--model", **kwargs):
+    """The model's tokenizer, after checking that ``model`` is a model (a config and a tokenizer)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = Path(model).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {model} is a file; give the model directory")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UserError(f"{flag} {model} is not a model directory: it has no config.json")
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{flag} {model}: cannot load its tokenizer: none of {', '.join(TOKENIZER_FILES)} is there "
+                        "(save the tokenizer next to the model)")  # fmt: skip
+    if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
+        raise UserError(f"{flag} {model}: no such directory")
+    try:
+        AutoConfig.from_pretrained(model, **kwargs)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{flag} {model}: cannot read the model config: {err}") from None
+    try:
+        return AutoTokenizer.from_pretrained(model, **kwargs)
+    except (OSError, ValueError, TypeError) as err:
+        raise UserError(f"{flag} {model}: cannot load its tokenizer: {err}") from None
+
+
+def _report(paths: list[str]) -> int:
+    from ..evaluation.report import load_results, render_table
+
+    print(render_table([load_results(path) for path in paths]), end="")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse exits on --help and on bad usage
+        return exit_.code if isinstance(exit_.code, int) else 2
+    if args.report:
+        return _report(args.report)
+    for flag, value in (("--model", args.model), ("--benchmark", args.benchmark), ("--output-dir", args.output_dir)):
+        if not value:
+            raise UserError(f"{flag} is required (or use --report to print a table from finished runs)")
+    _check_numbers(args)
+    ks = parse_ks(args.k, args.num_samples)
+
+    from ..evaluation.benchmarks import load_benchmark, resolve
+    from ..evaluation.generation import SamplingSettings, make_generator, vllm_available
+    from ..evaluation.runner import EvalSettings, check_output, evaluate, format_prompt
+
+    if args.backend == "vllm" and not vllm_available():
+        raise UserError("--backend vllm: vLLM is not installed (pip install 'eksft[vllm]'); or use --backend hf")
+    benchmarks = [load_benchmark(resolve(name, args.problem_field, args.answer_field), args.limit)
+                  for name in args.benchmark]  # fmt: skip
+    tokenizer = load_tokenizer(args.model)
+    if args.chat_template and not tokenizer.chat_template:
+        raise UserError(f"the tokenizer of {args.model} has no chat template; pass --no-chat-template")
+    model = str(Path(args.model).expanduser().resolve()) if Path(args.model).expanduser().is_dir() else args.model
+    settings = EvalSettings(
+        model=model, num_samples=args.num_samples, ks=ks, temperature=args.temperature, top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, prompt_template=args.prompt_template,
+        system_prompt=args.system_prompt, chat_template=args.chat_template, batch_size=args.batch_size,
+        backend=args.backend,
+    )  # fmt: skip
+    check_output(benchmarks, settings, args.output_dir)  # before the (slow) model load
+
+    sampling = SamplingSettings(args.temperature, args.top_p, args.max_new_tokens)
+    try:
+        generator = make_generator(args.backend, model, tokenizer, sampling, dtype=args.dtype)
+    except OSError as err:
+        raise UserError(f"cannot load the model weights of {args.model}: {err}") from None
+    summary = evaluate(
+        benchmarks, generator.generate, lambda problem: format_prompt(tokenizer, problem, settings), settings,
+        args.output_dir, progress=not args.no_progress,
+    )  # fmt: skip
+    out = Path(args.output_dir)
+    print((out / "results.md").read_text(encoding="utf-8"), end="")
+    print(f"results: {out / 'results.json'}  samples: {os.path.join(str(out), '<benchmark>', 'samples.jsonl')}",
+          file=sys.stderr)  # fmt: skip
+    return 0 if summary["complete"] else 1

@@ -1,0 +1,99 @@
+"""``eksft grpo``: RL with verifiable math rewards after SFT, on ``trl.GRPOTrainer``, from a YAML recipe and/or flags.
+
+    eksft grpo --config configs/grpo_tiny_cpu.yaml --model_name_or_path tiny-sft --dataset_name prompts.jsonl \
+        --output_dir tiny-grpo
+
+Options are the fields of ``eksft.grpo.GRPODataArguments`` (prompts, answers, rewards), ``trl.GRPOConfig`` (every
+GRPO and ``TrainingArguments`` option: ``num_generations``, ``max_completion_length``, ``loss_type``,
+``use_vllm``...) and ``trl.ModelConfig`` (model path, dtype, LoRA), parsed by ``trl.TrlParser``. Any directory that
+``eksft sft`` wrote (model + tokenizer) is a valid ``--model_name_or_path``. ``use_vllm: true`` falls back to
+``transformers`` generation, with a warning, where vLLM is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..errors import UserError
+
+
+def parse(argv: list[str]):
+    import yaml
+    from trl import GRPOConfig, ModelConfig, TrlParser
+
+    from ..grpo import GRPODataArguments
+
+    parser = TrlParser((GRPODataArguments, GRPOConfig, ModelConfig), prog="eksft grpo")
+    if "--config" in argv:
+        index = argv.index("--config") + 1
+        if index >= len(argv) or not os.path.isfile(argv[index]):
+            raise UserError(f"config file not found: {argv[index] if index < len(argv) else '(missing after --config)'}")
+    try:
+        data_args, config, model_args = parser.parse_args_and_config(argv)
+    except yaml.YAMLError as err:
+        raise UserError(f"cannot read the config file: {err}") from None
+    except (ValueError, TypeError) as err:  # GRPOConfig checks its values (batch sizes vs num_generations...)
+        raise UserError(f"invalid configuration: {err}") from None
+    if not model_args.model_name_or_path:
+        raise UserError("--model_name_or_path is required (e.g. the output directory of eksft sft)")
+    return data_args, config, model_args
+
+
+def main(argv: list[str]) -> int:
+    try:
+        data_args, config, model_args = parse(argv)
+    except SystemExit as exit_:  # argparse exits on --help and on unknown flags (after printing the usage)
+        return exit_.code if isinstance(exit_.code, int) else 2
+
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import get_peft_config, get_quantization_config
+
+    from ..evaluation.generation import vllm_available
+    from ..grpo import build_trainer, load_prompts, reward_functions
+    from .eval import load_tokenizer
+
+    reward_functions(data_args.reward_funcs)  # an unknown reward fails now, not after loading the model
+    tokenizer = load_tokenizer(model_args.model_name_or_path, "--model_name_or_path",
+                               revision=model_args.model_revision, trust_remote_code=config.trust_remote_code)  # fmt: skip
+    if not tokenizer.chat_template:
+        raise UserError(f"the tokenizer of {model_args.model_name_or_path!r} has no chat template; GRPO prompts are chats")
+    dataset, report = load_prompts(data_args)
+    if config.process_index == 0:
+        print(report, flush=True)
+    if config.use_vllm and not vllm_available():
+        print("eksft grpo: warning: use_vllm is set but vLLM is not installed; generating with transformers instead "
+              "(much slower for long completions; pip install 'eksft[vllm]')", file=sys.stderr, flush=True)  # fmt: skip
+        config.use_vllm = False
+
+    config.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": config.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(config.model_init_kwargs or {}),
+    }
+    try:
+        trainer = build_trainer(
+            model_args.model_name_or_path, config, dataset, data_args.reward_funcs, processing_class=tokenizer,
+            peft_config=get_peft_config(model_args), quantization_config=get_quantization_config(model_args),
+        )  # fmt: skip
+    except OSError as err:
+        raise UserError(f"cannot load the model {model_args.model_name_or_path!r}: {err}") from None
+    except ValueError as err:  # TRL checks the combination of model, data and options
+        raise UserError(str(err)) from None
+
+    resume = config.resume_from_checkpoint
+    if resume in ("true", "True", "last"):  # the newest checkpoint in output_dir
+        resume = get_last_checkpoint(config.output_dir)
+        if resume is None:
+            raise UserError(f"--resume_from_checkpoint {config.resume_from_checkpoint}: no checkpoint in {config.output_dir}")
+    elif resume is not None and not os.path.isdir(resume):
+        raise UserError(f"--resume_from_checkpoint: no checkpoint directory {resume}")
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(config.output_dir)  # with the tokenizer (the trainer's processing_class)
+    if trainer.is_world_process_zero():
+        print(f"saved the model to {config.output_dir}", flush=True)
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, end the process group
+        trainer.end()
+    return 0

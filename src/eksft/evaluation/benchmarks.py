@@ -1,0 +1,161 @@
+"""Benchmarks: a registry of the paper's math test sets, and local files with a problem and an answer field.
+
+Field names and splits, checked against each dataset's card (``dataset_info`` in its README on the Hub) and, for
+four of them, against real copies of the data:
+
+==============  ============================  =======  =========  ========  ==========================================
+name            hub id                        split    problem    answer    notes
+==============  ============================  =======  =========  ========  ==========================================
+``aime24``      ``HuggingFaceH4/aime_2024``   train    problem    answer    30 rows; answers are strings like ``025``
+``aime25``      ``yentinglin/aime_2025``      train    problem    answer    30 rows
+``amc23``       ``math-ai/amc23``             test     problem    answer    40 rows; answers are floats (``27.0``)
+``hmmt_feb25``  ``MathArena/hmmt_feb_2025``   train    problem    answer    30 rows; LaTeX answers
+``math500``     ``HuggingFaceH4/MATH-500``    test     problem    answer    500 rows; LaTeX answers
+==============  ============================  =======  =========  ========  ==========================================
+
+A float answer that is a whole number is written as an integer (``27.0`` -> ``27``), so that the gold reads as the
+contest states it. Each problem's id is its row number in the source, which is what ``samples.jsonl`` records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+__all__ = ["BENCHMARKS", "LOCAL_SUFFIXES", "Benchmark", "BenchmarkSpec", "Problem", "load_benchmark", "read_hub_rows"]
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Where a benchmark lives and which fields hold the problem and its gold answer."""
+
+    name: str
+    source: str  # hub dataset id or local file
+    split: str | None = None  # hub datasets only
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    "aime24": BenchmarkSpec("aime24", "HuggingFaceH4/aime_2024", split="train"),
+    "aime25": BenchmarkSpec("aime25", "yentinglin/aime_2025", split="train"),
+    "amc23": BenchmarkSpec("amc23", "math-ai/amc23", split="test"),
+    "hmmt_feb25": BenchmarkSpec("hmmt_feb25", "MathArena/hmmt_feb_2025", split="train"),
+    "math500": BenchmarkSpec("math500", "HuggingFaceH4/MATH-500", split="test"),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: int  # row number in the source
+    problem: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    spec: BenchmarkSpec
+    problems: list[Problem]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def is_local(name: str) -> bool:
+    """Whether a dataset name means a local file (a data suffix, an existing path, or a path-like start)."""
+    path = Path(name).expanduser()
+    return path.suffix.lower() in LOCAL_SUFFIXES or path.exists() or name.startswith((".", "/", "~"))
+
+
+def resolve(name: str, problem_field: str | None = None, answer_field: str | None = None) -> BenchmarkSpec:
+    """The spec for a registry name or a local file (named after its stem); field overrides apply to either."""
+    if name in BENCHMARKS:
+        spec = BENCHMARKS[name]
+    elif is_local(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UserError(f"benchmark file not found: {path}")
+        if path.suffix.lower() not in LOCAL_SUFFIXES:
+            raise UserError(f"unknown benchmark file type {path.suffix!r} for {path}; use .jsonl, .json or .parquet")
+        spec = BenchmarkSpec(path.stem, str(path.resolve()))
+    else:
+        raise UserError(
+            f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}; "
+            "or give the path of a local .jsonl / .json / .parquet file"
+        )
+    return BenchmarkSpec(spec.name, spec.source, spec.split, problem_field or spec.problem_field,
+                         answer_field or spec.answer_field)  # fmt: skip
+
+
+def _read_local(path: Path) -> list[tuple[str, dict]]:
+    """Rows of a local file, each with where it is (``file:line`` for JSON Lines, ``file row N`` otherwise)."""
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for lineno, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"{path}:{lineno}", json.loads(line.decode("utf-8"))))
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{lineno}: this line is not UTF-8 text") from None
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{lineno}: invalid JSON line: {err.msg} (column {err.colno})") from None
+        return rows
+    from ..data import read_rows
+
+    return [(f"{path} row {i}", row) for i, row in enumerate(read_rows(str(path)))]
+
+
+def read_hub_rows(name: str, split: str, config: str | None = None) -> list[dict]:
+    """Rows of one split of a hub dataset; any failure (offline, unknown id or split) becomes a ``UserError``."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config, split=split).to_list()
+    except Exception as err:  # offline, no such dataset / split / config: many types, from datasets and the hub client
+        raise UserError(
+            f"cannot load {name!r} (split {split!r}) from the Hugging Face Hub: {type(err).__name__}: {err}. "
+            "Without network access, copy the data to a local .jsonl / .parquet file and pass its path instead"
+        ) from None
+
+
+def _read_hub(spec: BenchmarkSpec) -> list[tuple[str, dict]]:
+    return [(f"{spec.source} ({spec.split}) row {i}", row) for i, row in enumerate(read_hub_rows(spec.source, spec.split))]
+
+
+def gold_text(value) -> str:
+    """The gold answer as text; whole-number floats lose their ``.0``."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def load_benchmark(spec: BenchmarkSpec, limit: int | None = None) -> Benchmark:
+    """Read the benchmark (the first ``limit`` problems when given); a row without a field is a ``UserError``."""
+    path = Path(spec.source).expanduser()
+    rows = _read_local(path) if path.is_file() else _read_hub(spec)
+    if not rows:
+        raise UserError(f"benchmark {spec.name}: {spec.source} holds no rows")
+    problems = []
+    for index, (where, row) in enumerate(rows[:limit] if limit else rows):
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        for role, field in (("problem", spec.problem_field), ("answer", spec.answer_field)):
+            value = row.get(field)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                what = "is empty" if field in row else f"has no field {field!r}"
+                raise UserError(
+                    f"{where}: this row {what} (the {role} field of benchmark {spec.name}; fields present: "
+                    f"{', '.join(map(str, row)) or 'none'}); choose another with --{role}-field"
+                )
+        if not isinstance(row[spec.problem_field], str):
+            raise UserError(f"{where}: field {spec.problem_field!r} must be a string, got {type(row[spec.problem_field]).__name__}")
+        problems.append(Problem(index, row[spec.problem_field], gold_text(row[spec.answer_field])))
+    return Benchmark(spec, problems)

@@ -1,0 +1,106 @@
+"""`eksft eval` end to end on the tiny model (CPU), and every bad input: exit 2, one message, nothing written."""
+
+import json
+import shutil
+
+import pytest
+
+from eksft import cli
+
+from .conftest import write_jsonl
+
+
+def eval_args(model, benchmark, out, *extra):
+    return ["eval", "--model", model, "--benchmark", benchmark, "--num-samples", "2", "--k", "1,2",
+            "--max-new-tokens", "8", "--batch-size", "4", "--output-dir", str(out), "--no-progress", *extra]  # fmt: skip
+
+
+def test_eval_on_the_tiny_model_writes_samples_and_the_table(tiny_model_dir, five_problems, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert cli.main(eval_args(tiny_model_dir, five_problems, out)) == 0
+    printed = capsys.readouterr().out
+    table = (out / "results.md").read_text()
+    assert printed == table
+    assert table.splitlines()[0] == "| model | five avg@2 | five pass@2 |"
+    assert table.splitlines()[2].startswith("| tiny | ")
+    samples = [json.loads(line) for line in (out / "five" / "samples.jsonl").read_text().splitlines()]
+    assert sorted((s["problem_id"], s["sample"]) for s in samples) == [(p, s) for p in range(5) for s in range(2)]
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] and results["benchmarks"]["five"]["num_problems"] == 5
+    assert results["settings"]["prompt_template"].endswith("put your final answer within \\boxed{}.")
+
+    # a rerun resumes: nothing left to generate, the same samples, a table again; --report combines runs
+    assert cli.main(eval_args(tiny_model_dir, five_problems, out)) == 0
+    assert len((out / "five" / "samples.jsonl").read_text().splitlines()) == 10
+    capsys.readouterr()
+    assert cli.main(["eval", "--report", str(out), str(out / "results.json")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 6  # header, rule, two rows, blank, note
+
+
+def test_limit_and_two_benchmarks(tiny_model_dir, five_problems, tmp_path):
+    other = write_jsonl(tmp_path / "other.jsonl", [{"question": "1 + 1?", "gold": 2}, {"question": "2 + 2?", "gold": 4}])
+    out = tmp_path / "eval"
+    args = eval_args(tiny_model_dir, five_problems, out, "--limit", "1", "--num-samples", "1", "--k", "1")
+    assert cli.main([*args, "--benchmark", other, "--problem-field", "question", "--answer-field", "gold"]) == 2
+    # --problem-field applies to every benchmark: five.jsonl has no 'question'; the message says so, nothing written
+    assert not out.exists()
+    args = eval_args(tiny_model_dir, other, out, "--limit", "1", "--num-samples", "1", "--k", "1",
+                     "--problem-field", "question", "--answer-field", "gold")  # fmt: skip
+    assert cli.main(args) == 0
+    assert len((out / "other" / "samples.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.fixture
+def broken_models(tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_tokenizer = tmp_path / "no_tokenizer"
+    shutil.copytree(tiny_model_dir, no_tokenizer)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        (no_tokenizer / name).unlink(missing_ok=True)
+    return {"empty": str(empty), "no_tokenizer": str(no_tokenizer), "missing": str(tmp_path / "nowhere")}
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("unknown_benchmark", "unknown benchmark 'aime2024'; known benchmarks: aime24, aime25, amc23, hmmt_feb25, math500"),
+        ("missing_field", "no field 'answer'"),
+        ("k_too_large", "k=8 is larger than --num-samples 2"),
+        ("model_empty_dir", "is not a model directory: it has no config.json"),
+        ("model_no_tokenizer", "cannot load its tokenizer"),
+        ("model_missing", "no such directory"),
+        ("bad_k", "--k must be comma-separated integers"),
+        ("bad_template", "--prompt-template must contain {problem}"),
+        ("no_model_flag", "--model is required"),
+        ("vllm_missing", "vLLM is not installed"),
+    ],
+)
+def test_bad_input_one_message_exit_2_output_untouched(case, expected, tiny_model_dir, five_problems, broken_models,
+                                                        tmp_path, capsys):  # fmt: skip
+    bad_file = write_jsonl(tmp_path / "bad.jsonl", [{"problem": "a", "answer": "1"}, {"problem": "b", "gold": "2"}])
+    out = tmp_path / "out"
+    args = {
+        "unknown_benchmark": eval_args(tiny_model_dir, "aime2024", out),
+        "missing_field": eval_args(tiny_model_dir, bad_file, out),
+        "k_too_large": eval_args(tiny_model_dir, five_problems, out, "--k", "1,8"),
+        "model_empty_dir": eval_args(broken_models["empty"], five_problems, out),
+        "model_no_tokenizer": eval_args(broken_models["no_tokenizer"], five_problems, out),
+        "model_missing": eval_args(broken_models["missing"], five_problems, out),
+        "bad_k": eval_args(tiny_model_dir, five_problems, out, "--k", "1,x"),
+        "bad_template": eval_args(tiny_model_dir, five_problems, out, "--prompt-template", "Solve it."),
+        "no_model_flag": ["eval", "--benchmark", five_problems, "--output-dir", str(out)],
+        "vllm_missing": eval_args(tiny_model_dir, five_problems, out, "--backend", "vllm"),
+    }[case]
+    if case == "vllm_missing":  # the message only applies where vLLM is absent
+        from eksft.evaluation.generation import vllm_available
+
+        if vllm_available():
+            pytest.skip("vLLM is installed here")
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    if case == "missing_field":
+        assert f"{bad_file}:2" in err
+    assert "Traceback" not in err and err.count("error:") == 1
+    assert not out.exists()
