@@ -1,0 +1,495 @@
+r"""Token statistics from hidden states and the LM head, without ever holding ``[tokens x vocab]`` logits.
+
+The chunked twin of ``eksft.stats.token_stats`` (the materialised oracle): same ``TokenStats``, same shift (via
+``eksft.stats.shift_labels``), same zeros at invalid positions, gradients to the policy's hidden states, LM-head
+weight and bias. Only the valid positions are projected, in tiles of ``TOKEN_TILE`` tokens x ``VOCAB_TILE``
+vocabulary entries; the backward recomputes each tile instead of storing it. For each valid position, with
+``z = softcap(scale * (h @ W.T + b))`` the policy's logits and ``zt`` the reference's::
+
+    L = logsumexp(z)                logp    = z[y] - L
+    H = -sum_v p_v log p_v          entropy
+    D = sum_v p_v (z_v - zt_v)      kl      = D - L + Lt        (= sum_v p_v (log p_v - log q_v))
+    Lt = logsumexp(zt)              ref_logp = zt[y] - Lt       (no gradient)
+
+One pass over the vocabulary tiles of each token tile gives all four: each tile is normalised on its own
+(``L_i``, ``H_i``, ``D_i``, exactly the oracle's arithmetic on that slice) and merged into the running values with
+weights ``w = exp(L_i - L)``::
+
+    L = logaddexp(L_a, L_b)    H = w_a H_a + w_b H_b - w_a log w_a - w_b log w_b    D = w_a D_a + w_b D_b
+
+(the entropy of a mixture of disjoint supports), so no large logit ever cancels against ``L`` and a reference
+equal to the policy gives a KL of exactly 0. The backward recomputes both tiles and applies, per logit,
+
+    dlogp/dz_v = 1[v = y] - p_v      dH/dz_v = -p_v (log p_v + H)      dKL/dz_v = p_v (log p_v - log q_v - KL)
+
+Why not TRL's kernels everywhere. TRL 1.16's ``ChunkedLogProbFunction`` and ``ChunkedDivergenceFunction`` compute
+the same quantities with tested backwards, but force float32 internally (``tile.float()``, float32 running
+statistics and gradient accumulators, float32 projection buffers), so float64 inputs come back with float32
+error (~1e-6 measured) and the 1e-9 float64 equality with the oracle cannot hold; they also need three calls
+(log-prob and entropy, reference log-prob, KL) that project the policy twice and the reference twice in the forward,
+where the implementation here projects each once (and once more each in the backward). ``backend="torch"`` is the
+implementation here: plain torch ops, exact in the input precision (float64 stays float64; bf16 projections are
+accumulated in float32). ``backend="trl"`` composes TRL's kernels, which run fused Triton kernels on CUDA; it is
+tested against the oracle in float32 (TRL's torch fallback on CPU) and in bf16 on a GPU. ``"auto"`` (the default)
+uses ``CUDA_BACKEND`` on a CUDA device with Triton and float32 / bf16 / fp16 hidden states, and ``"torch"``
+everywhere else. ``benchmarks/step_cost.py`` measures both on a GPU (variants ``eksft_chunked`` and
+``eksft_chunked_torch``); ``benchmarks/RESULTS.md`` says which is faster.
+
+Sharded heads. An FSDP2 head (``DTensor``) is gathered with ``full_tensor()``, a DeepSpeed ZeRO-3 head with TRL's
+``maybe_gather_lm_head_ctx`` around every tile loop, forward and backward, exactly as TRL's fused LM head does.
+Under ZeRO-3 and DDP the call must run inside the wrapped model's forward (TRL's ``_ForwardRedirection``) so that
+the gradient reduction hooks fire.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from packaging.version import Version
+
+from .stats import TokenStats, shift_labels
+
+# Tile sizes of backend="torch", read at call time (tests shrink them to exercise many tiles). One float32 tile of
+# TOKEN_TILE x VOCAB_TILE is 64 MiB; about four are alive at once.
+TOKEN_TILE = 2048
+VOCAB_TILE = 8192
+# The backend "auto" picks on a CUDA device with Triton (see the module docstring).
+CUDA_BACKEND = "trl"
+# Vocabulary width of TRL's log-prob tiles for backend="trl" (its fused LM head's default; its token tile and the
+# divergence kernel's tiles are TRL's own module constants)
+TRL_VOCAB_CHUNK = 32768
+BACKENDS = ("auto", "torch", "trl")
+
+
+@dataclass
+class LMHead:
+    """The projection from the last hidden state to the logits: ``softcap(logit_scale * (h @ weight.T + bias))``."""
+
+    weight: torch.Tensor  # [V, H]
+    bias: torch.Tensor | None = None  # [V]
+    logit_scale: float = 1.0
+    softcap: float | None = None  # final_logit_softcapping: z -> softcap * tanh(z / softcap)
+
+    @property
+    def vocab_size(self) -> int:
+        # a ZeRO-3 parameter is empty outside its gather context; ds_shape is its real shape
+        return int(getattr(self.weight, "ds_shape", self.weight.shape)[0])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading a model: its LM head and the hidden states that feed it
+
+
+def _unwrap_peft(model):
+    """A peft ``PeftModel``'s transformers model, adapters still injected (``disable_adapter()`` still applies)."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # peft is a dependency, but the chunked path does not need it
+        return model
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def _logit_scale(text_config) -> float:
+    """The multiplier applied to the logits before soft-capping, read as TRL 1.16's ``add_fused_lm_head`` reads it."""
+    # `logit_scale` is None on models that don't scale (e.g. MPT); read that as 1.0. Muse Glimmer calls it
+    # `output_multiplier`, Falcon-H1 `lm_head_multiplier`; Granite and MiniCPM3 divide by `logits_scaling`,
+    # HyperCLOVA X multiplies by it.
+    scale = getattr(text_config, "logit_scale", None)
+    if scale is None:
+        scale = getattr(text_config, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(text_config, "lm_head_multiplier", None)
+    if scale is None and getattr(text_config, "logits_scaling", None) is not None:
+        scaling = text_config.logits_scaling
+        scale = scaling if text_config.model_type == "hyperclovax" else 1 / scaling
+    return 1.0 if scale is None else float(scale)
+
+
+def _plain_linear(module: torch.nn.Module) -> torch.nn.Module:
+    """The module whose ``weight``/``bias`` are the head's effective parameters (peft layers unwrapped)."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        return module
+    if isinstance(module, BaseTunerLayer):
+        # A LoRA (or other adapter) on the head itself changes the logits by more than weight and bias
+        if module.merged or module.disable_adapters or not module.active_adapters:
+            return module.get_base_layer()
+        raise ValueError(
+            "the LM head carries an active peft adapter (e.g. LoRA with target_modules including lm_head): its "
+            "logits are not h @ weight.T + bias, so the chunked statistics cannot be used; use the materialised "
+            "path (use_chunked_stats=False) or keep the head out of the adapter's target modules"
+        )
+    # peft's ModulesToSaveWrapper forwards `.weight` to the active copy (the original one under disable_adapter())
+    return module
+
+
+def lm_head_of(model) -> LMHead:
+    """The LM head of a transformers causal LM (or a peft model wrapping one).
+
+    Weight and bias of ``get_output_embeddings()`` (the same tensor as the input embedding when tied; under
+    ``disable_adapter()`` a ``modules_to_save`` head resolves to the original), the logit scale and
+    ``final_logit_softcapping`` from the text config, read as TRL's ``add_fused_lm_head`` reads them.
+    """
+    model = _unwrap_peft(model)
+    head = model.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise ValueError(f"{type(model).__name__} has no output embedding (LM head) to project hidden states with")
+    head = _plain_linear(head)
+    text_config = model.config.get_text_config()
+    return LMHead(
+        weight=head.weight,
+        bias=getattr(head, "bias", None),
+        logit_scale=_logit_scale(text_config),
+        softcap=getattr(text_config, "final_logit_softcapping", None),
+    )
+
+
+# Batch keys for the loss, not for the backbone
+_NOT_MODEL_INPUTS = ("labels", "shift_labels", "num_items_in_batch", "logits_to_keep", "use_cache", "return_dict")
+
+
+def hidden_states(model, **inputs) -> torch.Tensor:
+    """``[B, T, H]`` last hidden state (after the final norm) of the backbone; the LM head is never called.
+
+    Works for a transformers causal LM and for a peft model (also inside ``with model.disable_adapter():``, which
+    gives the reference's hidden states). Loss-only keys (``labels``, ``num_items_in_batch``, ...) are ignored.
+    """
+    model = _unwrap_peft(model)
+    # transformers' `base_model` is the decoder stack (`model.model` for Qwen3, Llama, ...), final norm included
+    backbone = model.base_model
+    if backbone is model:
+        raise ValueError(f"{type(model).__name__} has no separate backbone (base_model is the model itself)")
+    for key in _NOT_MODEL_INPUTS:
+        inputs.pop(key, None)
+    return backbone(**inputs, use_cache=False).last_hidden_state
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The chunked statistics
+
+
+def _full(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """An FSDP2-sharded parameter (DTensor) gathered into a plain tensor; gradients flow back to the shards."""
+    if tensor is not None and type(tensor).__name__ == "DTensor":
+        return tensor.full_tensor()
+    return tensor
+
+
+def _gather(*params: torch.Tensor | None):
+    """DeepSpeed ZeRO-3 parameters gathered for the duration of a direct access (a null context otherwise)."""
+    if not any(p is not None and hasattr(p, "ds_status") for p in params):
+        return nullcontext()
+    from trl.trainer.utils import maybe_gather_lm_head_ctx
+
+    return maybe_gather_lm_head_ctx(*params)
+
+
+def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    device_type = hidden.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+
+
+def _logits(h, weight, bias, start, end, scale, softcap, acc_dtype):
+    """``softcap(scale * (h @ weight[start:end].T + bias[start:end]))`` as a fresh ``[n, end - start]`` tile; the
+    product in ``h``'s dtype (as the model's own head computes it), the rest in ``acc_dtype``."""
+    w = weight[start:end].to(h.dtype).t()
+    z = torch.mm(h, w) if bias is None else torch.addmm(bias[start:end].to(h.dtype), h, w)  # [n, v]
+    z = z.to(acc_dtype)
+    if scale != 1.0:
+        z.mul_(scale)
+    if softcap is not None:
+        z.div_(softcap).tanh_().mul_(softcap)
+    return z
+
+
+# `torch.addmm(..., out_dtype=torch.float32)` from bf16/fp16 inputs: CUDA, torch >= 2.8
+_MM_OUT_DTYPE = Version(torch.__version__) >= Version("2.8.0")
+
+
+def _addmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out += a @ b``, accumulated in ``out``'s dtype; low-precision ``b`` (bf16/fp16) sets the product's precision."""
+    if b.dtype == out.dtype:
+        out.addmm_(a.to(out.dtype), b)
+    elif out.is_cuda and _MM_OUT_DTYPE:
+        # the product in bf16 on the tensor cores, its output in float32 without rounding to bf16 first
+        torch.addmm(out, a.to(b.dtype), b, out_dtype=out.dtype, out=out)
+    else:
+        out.addmm_(a.to(out.dtype), b.to(out.dtype))
+
+
+class _ChunkedStats(torch.autograd.Function):
+    """Per-token (logp, entropy, kl, ref_logp) of ``N`` valid positions, tiled; gradients to the policy only.
+
+    Each tile is overwritten in place once it is no longer needed, so that at most four tiles are alive at once.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, ref_hidden, ref_weight, ref_bias, transforms):
+        # hidden [N, H], weight [V, H], bias [V] | None, targets [N]; ref_* likewise or None
+        ctx.set_materialize_grads(False)
+        scale, softcap, ref_scale, ref_softcap = transforms
+        has_ref = ref_hidden is not None
+        compute_dtype = _compute_dtype(hidden)
+        acc_dtype = torch.promote_types(compute_dtype, torch.float32)
+        n_tokens, device = hidden.shape[0], hidden.device
+
+        def full(value):
+            return torch.full((n_tokens,), value, device=device, dtype=acc_dtype)
+
+        # running values over the vocabulary tiles seen so far, per token
+        lse, entropy, gap, target_logit = full(-math.inf), full(0.0), full(0.0), full(0.0)
+        ref_lse, ref_target_logit = full(-math.inf), full(0.0)
+        with torch.autocast(device.type, enabled=False), _gather(weight, bias, ref_weight, ref_bias):
+            vocab_size = weight.shape[0]
+            for t0 in range(0, n_tokens, TOKEN_TILE):
+                rows = slice(t0, t0 + TOKEN_TILE)
+                h = hidden[rows].to(compute_dtype)
+                rh = ref_hidden[rows].to(compute_dtype) if has_ref else None
+                for v0 in range(0, vocab_size, VOCAB_TILE):
+                    v1 = min(v0 + VOCAB_TILE, vocab_size)
+                    in_tile, local = _local_targets(targets[rows], v0, v1)
+                    z = _logits(h, weight, bias, v0, v1, scale, softcap, acc_dtype)  # [n, v]
+                    target_logit[rows] = torch.where(in_tile, z.gather(1, local).squeeze(1), target_logit[rows])
+                    if has_ref:
+                        zt = _logits(rh, ref_weight, ref_bias, v0, v1, ref_scale, ref_softcap, acc_dtype)
+                        ref_target_logit[rows] = torch.where(
+                            in_tile, zt.gather(1, local).squeeze(1), ref_target_logit[rows]
+                        )
+                        ref_lse[rows] = torch.logaddexp(ref_lse[rows], torch.logsumexp(zt, dim=-1))
+                        logit_gap = zt.neg_().add_(z)  # z - zt, in place (exactly 0 where the models agree)
+                    # this slice of the vocabulary on its own: normaliser, entropy, policy-weighted logit gap
+                    tile_lse = torch.logsumexp(z, dim=-1)  # [n]
+                    log_p = z.sub_(tile_lse[:, None])  # in place: z is not needed any more
+                    p = log_p.exp()
+                    tile_entropy = -(p * log_p).sum(-1)
+                    # merged into the running values (the entropy of a mixture of disjoint supports)
+                    new_lse = torch.logaddexp(lse[rows], tile_lse)
+                    w_old, w_new = (lse[rows] - new_lse).exp(), (tile_lse - new_lse).exp()
+                    entropy[rows] = (
+                        w_old * entropy[rows]
+                        + w_new * tile_entropy
+                        - torch.xlogy(w_old, w_old)
+                        - torch.xlogy(w_new, w_new)
+                    )
+                    if has_ref:
+                        gap[rows] = w_old * gap[rows] + w_new * (p * logit_gap).sum(-1)
+                        del zt, logit_gap
+                    lse[rows] = new_lse
+                    del z, log_p, p  # before the next tile is projected
+
+        logp = target_logit - lse
+        kl = gap - lse + ref_lse if has_ref else None
+        ref_logp = ref_target_logit - ref_lse if has_ref else None
+        ctx.save_for_backward(
+            hidden, weight, bias, targets, ref_hidden, ref_weight, ref_bias, lse, entropy, kl, ref_lse
+        )
+        ctx.transforms = transforms
+        # the backward runs outside the caller's autocast region: it must recompute the tiles in the same precision
+        ctx.compute_dtype = compute_dtype
+        if has_ref:
+            ctx.mark_non_differentiable(ref_logp)
+        return logp, entropy, kl, ref_logp
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy, grad_kl, _grad_ref_logp):
+        hidden, weight, bias, targets, ref_hidden, ref_weight, ref_bias, lse, entropy, kl, ref_lse = ctx.saved_tensors
+        scale, softcap, ref_scale, ref_softcap = ctx.transforms
+        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        if ref_hidden is None:
+            grad_kl = None
+        if grad_logp is None and grad_entropy is None and grad_kl is None:
+            return (None,) * 8
+        compute_dtype = ctx.compute_dtype
+        acc_dtype = lse.dtype
+        n_tokens = hidden.shape[0]
+        zero = torch.zeros_like(lse)
+        g_logp, g_entropy, g_kl = (zero if g is None else g.to(acc_dtype) for g in (grad_logp, grad_entropy, grad_kl))
+        # d(g_logp * logp + g_entropy * H + g_kl * KL) / dz_v, with
+        #   dlogp/dz_v = 1[v = y] - p_v,   dH/dz_v = -p_v (log p_v + H),   dKL/dz_v = p_v (log p_v - log q_v - KL),
+        # is  1[v = y] g_logp - p_v (a log p_v + g_kl log q_v + c)  with, per token:
+        a = g_entropy - g_kl
+        c = g_logp + g_entropy * entropy + (g_kl * kl if grad_kl is not None else 0.0)
+        with torch.autocast(hidden.device.type, enabled=False), _gather(weight, bias, ref_weight, ref_bias):
+            vocab_size = weight.shape[0]
+            grad_hidden = torch.zeros(hidden.shape, device=hidden.device, dtype=acc_dtype) if needs_hidden else None
+            grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=acc_dtype) if needs_weight else None
+            grad_bias = torch.zeros(bias.shape, device=bias.device, dtype=acc_dtype) if needs_bias else None
+            for t0 in range(0, n_tokens, TOKEN_TILE):
+                rows = slice(t0, t0 + TOKEN_TILE)
+                h = hidden[rows].to(compute_dtype)
+                rh = ref_hidden[rows].to(compute_dtype) if grad_kl is not None else None
+                for v0 in range(0, vocab_size, VOCAB_TILE):
+                    v1 = min(v0 + VOCAB_TILE, vocab_size)
+                    z = _logits(h, weight, bias, v0, v1, scale, softcap, acc_dtype)  # [n, v]
+                    # through z = softcap * tanh(y / softcap): dz/dy = 1 - (z / softcap)^2
+                    dz_dy = z.div(softcap).square_().neg_().add_(1) if softcap is not None else None
+                    log_p = z.sub_(lse[rows, None])
+                    p = log_p.exp()
+                    grad_z = log_p.mul_(a[rows, None]).add_(c[rows, None])  # in place: log_p is not needed any more
+                    if grad_kl is not None:
+                        zt = _logits(rh, ref_weight, ref_bias, v0, v1, ref_scale, ref_softcap, acc_dtype)
+                        log_q = zt.sub_(ref_lse[rows, None])
+                        grad_z.add_(log_q.mul_(g_kl[rows, None]))
+                        del zt, log_q
+                    grad_z.mul_(p).neg_()
+                    del p
+                    in_tile, local = _local_targets(targets[rows], v0, v1)
+                    grad_z.scatter_add_(1, local, torch.where(in_tile, g_logp[rows], 0.0)[:, None])
+                    if dz_dy is not None:
+                        grad_z.mul_(dz_dy)
+                    if scale != 1.0:
+                        grad_z.mul_(scale)
+                    if grad_hidden is not None:
+                        _addmm_(grad_hidden[rows], grad_z, weight[v0:v1].to(compute_dtype))
+                    if grad_weight is not None:
+                        _addmm_(grad_weight[v0:v1], grad_z.t(), h)
+                    if grad_bias is not None:
+                        grad_bias[v0:v1] += grad_z.sum(0)
+                    del z, log_p, grad_z, dz_dy
+
+        def cast(grad, like):
+            return None if grad is None else grad.to(like.dtype)
+
+        return cast(grad_hidden, hidden), cast(grad_weight, weight), cast(grad_bias, bias), None, None, None, None, None
+
+
+def _local_targets(targets: torch.Tensor, v0: int, v1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which targets fall in the vocabulary tile ``[v0, v1)`` ([n] bool) and their column in it ([n, 1], clamped)."""
+    local = targets - v0
+    in_tile = (local >= 0) & (local < v1 - v0)
+    return in_tile, local.clamp(0, v1 - v0 - 1).unsqueeze(1)
+
+
+def _stats_torch(h, targets, head, ref_h, ref_head):
+    ref = (ref_h, _full(ref_head.weight), _full(ref_head.bias)) if ref_h is not None else (None, None, None)
+    transforms = (head.logit_scale, head.softcap, ref_head.logit_scale if ref_h is not None else 1.0,
+                  ref_head.softcap if ref_h is not None else None)  # fmt: skip
+    return _ChunkedStats.apply(h, _full(head.weight), _full(head.bias), targets, *ref, transforms)
+
+
+def _stats_trl(h, targets, head, ref_h, ref_head):
+    """The same statistics from TRL's kernels: log-prob + entropy (with gradients), the reference's log-prob (no
+    gradient), and KL(policy || reference) (``ChunkedDivergenceFunction`` with ``beta=1.0``: the reverse KL,
+    ``sum p_s (log p_s - log p_t)`` with the gradient to the student)."""
+    from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+
+    weight, bias = _full(head.weight), _full(head.bias)
+    with _gather(weight, bias):  # the log-prob kernel gathers in its backward only
+        logp, entropy, *_ = ChunkedLogProbFunction.apply(
+            h, weight, bias, targets, 1.0, TRL_VOCAB_CHUNK, head.softcap, head.logit_scale, ("entropy",)
+        )
+    if ref_h is None:
+        return logp, entropy, None, None
+    ref_weight, ref_bias = _full(ref_head.weight), _full(ref_head.bias)
+    with torch.no_grad(), _gather(ref_weight, ref_bias):
+        ref_logp = ChunkedLogProbFunction.apply(
+            ref_h, ref_weight, ref_bias, targets, 1.0, TRL_VOCAB_CHUNK, ref_head.softcap, ref_head.logit_scale, ()
+        )[0]
+    kl, _ = ChunkedDivergenceFunction.apply(
+        h, weight, bias, ref_h, ref_weight, ref_bias, 1.0, 1.0,
+        head.logit_scale, head.softcap, ref_head.logit_scale, ref_head.softcap,
+    )  # fmt: skip
+    return logp, entropy, kl, ref_logp
+
+
+@torch.no_grad()
+def _top_k_entropy(h: torch.Tensor, head: LMHead, k: int) -> torch.Tensor:
+    """[N] entropy of the policy renormalised over its ``k`` largest logits, tiled (a running top-k per token)."""
+    weight, bias = _full(head.weight), _full(head.bias)
+    compute_dtype = _compute_dtype(h)
+    acc_dtype = torch.promote_types(compute_dtype, torch.float32)
+    out = torch.empty(h.shape[0], device=h.device, dtype=acc_dtype)
+    with torch.autocast(h.device.type, enabled=False), _gather(weight, bias):
+        vocab_size = weight.shape[0]
+        k = min(k, vocab_size)
+        for t0 in range(0, h.shape[0], TOKEN_TILE):
+            rows = slice(t0, t0 + TOKEN_TILE)
+            hc = h[rows].to(compute_dtype)
+            top = torch.empty(hc.shape[0], 0, device=h.device, dtype=acc_dtype)  # [n, <=k]
+            for v0 in range(0, vocab_size, VOCAB_TILE):
+                z = _logits(hc, weight, bias, v0, min(v0 + VOCAB_TILE, vocab_size), head.logit_scale, head.softcap,
+                            acc_dtype)  # fmt: skip
+                both = torch.cat([top, z], dim=1)
+                top = both.topk(min(k, both.shape[1]), dim=1).values
+            log_top = torch.log_softmax(top, dim=-1)
+            out[rows] = -(log_top.exp() * log_top).sum(-1)
+    return out
+
+
+def _pick_backend(backend: str, hidden: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    from transformers.utils import is_triton_available
+
+    fast = hidden.device.type == "cuda" and is_triton_available() and _compute_dtype(hidden) != torch.float64
+    return CUDA_BACKEND if fast else "torch"
+
+
+def chunked_token_stats(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    head: LMHead,
+    ref_hidden: torch.Tensor | None = None,
+    ref_head: LMHead | None = None,
+    *,
+    top_k_entropy: int | None = None,
+    backend: str = "auto",
+    check_finite: bool = True,
+) -> TokenStats:
+    """``token_stats`` from ``[B, T, H]`` hidden states (unshifted, as the backbone returns them) and LM heads.
+
+    ``labels`` are the unshifted ``[B, T]`` labels (-100 = ignore). ``ref_hidden``/``ref_head`` give the reference's
+    statistics (``kl``, ``ref_logp``); ``ref_head`` defaults to ``head`` (a peft model with a frozen head, reference
+    = adapters disabled); the reference gets no gradient. ``top_k_entropy=k`` adds the (detached) entropy of the
+    policy renormalised over its k most likely tokens. ``backend``: "torch", "trl" or "auto" (module docstring).
+    """
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be [batch, seq, hidden], got shape {tuple(hidden.shape)}")
+    if labels.shape != hidden.shape[:2]:
+        raise ValueError(f"labels must be [batch, seq] = {tuple(hidden.shape[:2])}, got shape {tuple(labels.shape)}")
+    if ref_hidden is not None and ref_hidden.shape[:2] != hidden.shape[:2]:
+        raise ValueError(
+            f"ref_hidden must be [batch, seq, *] = {tuple(hidden.shape[:2])}, got {tuple(ref_hidden.shape)}"
+        )
+    ref_head = head if ref_head is None else ref_head
+    if ref_hidden is not None and ref_head.vocab_size != head.vocab_size:
+        raise ValueError(
+            f"the reference's vocabulary ({ref_head.vocab_size}) differs from the policy's ({head.vocab_size})"
+        )
+
+    # with the model split across devices (device_map) the backbone can end on another device than the head
+    device = head.weight.device
+    hidden, labels = hidden.to(device), labels.to(device)
+    ref_hidden = ref_hidden.to(device) if ref_hidden is not None else None
+    targets, valid = shift_labels(labels)  # [B, T-1]
+    h = hidden[:, :-1][valid]  # [N, H], only the positions that predict a target are projected
+    y = targets[valid]  # [N]
+    ref_h = ref_hidden[:, :-1][valid].detach() if ref_hidden is not None else None
+    compute = _stats_trl if _pick_backend(backend, hidden) == "trl" else _stats_torch
+    logp, entropy, kl, ref_logp = compute(h, y, head, ref_h, ref_head)
+    if check_finite:
+        for name, value in (("logp", logp), ("entropy", entropy), ("kl", kl)):
+            if value is not None and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"chunked {name} contains NaN or inf; check the hidden states and the LM head")
+
+    def dense(rows: torch.Tensor) -> torch.Tensor:
+        # [N] -> [B, T-1] with exact zeros elsewhere; masked_scatter keeps an all-invalid batch attached to the graph
+        return rows.new_zeros(valid.shape).masked_scatter(valid, rows)
+
+    stats = TokenStats(logp=dense(logp), entropy=dense(entropy), valid=valid, vocab_size=head.vocab_size)
+    if ref_h is not None:
+        stats.kl = dense(kl)
+        stats.ref_logp = dense(ref_logp.detach())
+    if top_k_entropy is not None:
+        stats.top_k_entropy = dense(_top_k_entropy(h.detach(), head, int(top_k_entropy)))
+    return stats
+
+
+__all__ = ["BACKENDS", "LMHead", "chunked_token_stats", "hidden_states", "lm_head_of"]

@@ -1,0 +1,445 @@
+"""The chunked statistics (hidden states + LM head) against the materialised oracle (full logits), Liger style.
+
+Two paths share every weight: ``token_stats(softcap(scale * (hidden @ W.T + b)), labels, ref_logits)`` and
+``chunked_token_stats(hidden, labels, LMHead(W, b, scale, softcap), ...)``. On odd shapes, with ignored tokens in
+the middle and padding, tied and untied heads, bias, scale and soft-capping, and tiles shrunk so that many token and
+vocabulary tiles are crossed, every TokenStats field and, for every objective, the loss, every metric, the masks
+and the gradients of the hidden states, the LM-head weight and bias must agree: float64 to 1e-9, float32 to 1e-5.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import eksft.chunked as chunked
+from eksft.chunked import LMHead, chunked_token_stats, hidden_states, lm_head_of
+from eksft.objectives import OBJECTIVES, ObjectiveParams, compute_objective
+from eksft.stats import IGNORE_INDEX, token_stats
+
+TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronisation (4x slower on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def small_tiles(monkeypatch):
+    """Tiles of 16 tokens x 32 vocabulary entries (and the same for TRL's kernels): many tiles on tiny shapes."""
+    import trl.kernels.chunked_divergence as trl_divergence
+    import trl.kernels.chunked_logprob as trl_logprob
+
+    monkeypatch.setattr(chunked, "TOKEN_TILE", 16)
+    monkeypatch.setattr(chunked, "VOCAB_TILE", 32)
+    monkeypatch.setattr(chunked, "TRL_VOCAB_CHUNK", 32)
+    monkeypatch.setattr(trl_logprob, "TOKEN_CHUNK_SIZE", 16)
+    monkeypatch.setattr(trl_divergence, "TOKEN_CHUNK_SIZE", 16)
+    monkeypatch.setattr(trl_divergence, "VOCAB_CHUNK_SIZE", 32)
+
+
+# name: (B, T, H, V, tied, bias, logit_scale, softcap)
+CASES = {
+    "odd": (3, 47, 31, 123, False, False, 1.0, None),
+    "tied_bias": (3, 47, 31, 123, True, True, 1.0, None),
+    "scale_softcap_bias": (2, 33, 16, 200, False, True, 0.7, 5.0),
+    "tied_scale_softcap": (4, 19, 8, 67, True, False, 1.3, 2.0),
+}
+# (dtype, backend): TRL's kernels compute in float32 whatever the input, so they are held to float32 only
+PATHS = [(torch.float64, "torch"), (torch.float32, "torch"), (torch.float32, "trl")]
+
+
+class Problem:
+    """Policy and reference sharing weights between the two paths; ``hidden`` comes from an embedding lookup
+    (through the head's own weight when tied), so that a tied weight's gradient has both contributions."""
+
+    def __init__(self, case: str, dtype: torch.dtype, seed: int = 0):
+        B, T, H, V, self.tied, has_bias, self.scale, self.softcap = CASES[case]
+        gen = torch.Generator().manual_seed(seed)
+
+        def randn(*shape, std=1.0):
+            return (torch.randn(*shape, generator=gen, dtype=torch.float64) * std).to(dtype)
+
+        self.input_ids = torch.randint(0, V, (B, T), generator=gen)
+        self.weight = randn(V, H, std=0.5).requires_grad_()
+        self.bias = randn(V, std=0.2).requires_grad_() if has_bias else None
+        self.embedding = self.weight if self.tied else randn(V, H).requires_grad_()
+        self.mix = randn(H, H, std=H**-0.5)
+        self.ref_weight = self.weight.detach() + randn(V, H, std=0.15)  # the reference has drifted a little
+        self.ref_bias = self.bias.detach() + randn(V, std=0.05) if has_bias else None
+        self.offset = randn(B, T, H, std=0.3)
+        self.ref_hidden = self.hidden().detach() + randn(B, T, H, std=0.05)
+
+        labels = self.input_ids.clone()
+        labels[:, :4] = IGNORE_INDEX  # prompt
+        labels[0, 17:22] = IGNORE_INDEX  # ignored tokens in the middle
+        labels[-1, T - 6 :] = IGNORE_INDEX  # padding
+        if B >= 4:
+            labels[1] = IGNORE_INDEX  # a sequence with nothing to train on
+        self.labels = labels
+
+    def hidden(self) -> torch.Tensor:
+        # [B, T, H], a function of the embedding; the per-position offset keeps repeated tokens from having exactly
+        # equal statistics (ties in the top-rho selection would be broken by rounding, differently in each path)
+        return torch.tanh(self.embedding[self.input_ids] @ self.mix + self.offset)
+
+    def logits(self, hidden, weight, bias) -> torch.Tensor:
+        z = torch.nn.functional.linear(hidden, weight, bias) * self.scale
+        return z if self.softcap is None else self.softcap * torch.tanh(z / self.softcap)
+
+    def head(self) -> LMHead:
+        return LMHead(self.weight, self.bias, self.scale, self.softcap)
+
+    def ref_head(self) -> LMHead:
+        return LMHead(self.ref_weight, self.ref_bias, self.scale, self.softcap)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """The leaves gradients are compared on (a tied weight is the embedding too)."""
+        params = {"weight": self.weight, "bias": self.bias, "embedding": None if self.tied else self.embedding}
+        return {name: p for name, p in params.items() if p is not None}
+
+    def stats(self, path: str, backend: str = "torch", *, top_k: int | None = 5, with_ref: bool = True):
+        hidden = self.hidden()
+        if path == "materialised":
+            ref_logits = self.logits(self.ref_hidden, self.ref_weight, self.ref_bias) if with_ref else None
+            stats = token_stats(
+                self.logits(hidden, self.weight, self.bias), self.labels, ref_logits, top_k_entropy=top_k
+            )
+        else:
+            ref_hidden, ref_head = (self.ref_hidden, self.ref_head()) if with_ref else (None, None)
+            stats = chunked_token_stats(
+                hidden, self.labels, self.head(), ref_hidden, ref_head, top_k_entropy=top_k, backend=backend
+            )
+        return stats, hidden
+
+
+def assert_close(actual, expected, tol, what):
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(("dtype", "backend"), PATHS)
+def test_token_stats_match(case, dtype, backend):
+    problem = Problem(case, dtype)
+    expected, _ = problem.stats("materialised")
+    actual, _ = problem.stats("chunked", backend)
+    assert torch.equal(actual.valid, expected.valid)
+    assert actual.vocab_size == expected.vocab_size
+    for field in ("logp", "entropy", "kl", "ref_logp", "top_k_entropy"):
+        value = getattr(actual, field)
+        assert value.dtype == dtype and value.shape == expected.valid.shape, field
+        assert_close(value, getattr(expected, field), TOL[dtype], field)
+        assert bool((value[~actual.valid] == 0).all()), f"{field} is not exactly 0 at invalid positions"
+    assert actual.ref_logp.grad_fn is None and actual.top_k_entropy.grad_fn is None
+
+
+PARAMS = {
+    "defaults": ObjectiveParams(eaft_top_k=5),
+    "sequence_intersection_token": ObjectiveParams(
+        eaft_top_k=5, rho=0.3, scope="sequence", combine="intersection", normalization="token", normalize_entropy=False
+    ),
+}
+
+
+@pytest.mark.parametrize("params", list(PARAMS))
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(("dtype", "backend"), PATHS)
+def test_every_objective_matches(case, dtype, backend, params):
+    tol = TOL[dtype]
+    problem = Problem(case, dtype)
+    params = PARAMS[params]
+    for name, objective in OBJECTIVES.items():
+        results = {}
+        for path in ("materialised", "chunked"):
+            stats, hidden = problem.stats(
+                path, backend, top_k=params.eaft_top_k if objective.top_k_entropy else None,
+                with_ref=objective.needs_reference,
+            )  # fmt: skip
+            torch.manual_seed(1)  # random_mask draws from torch's RNG
+            out = compute_objective(name, stats, params)
+            grads = torch.autograd.grad(out.loss, [hidden, *problem.params().values()])
+            results[path] = out, grads
+        (expected, expected_grads), (actual, actual_grads) = results["materialised"], results["chunked"]
+        assert_close(actual.loss, expected.loss, tol, f"{name} loss")
+        for mask in ("entropy_set", "kl_set", "imitated"):
+            assert torch.equal(getattr(actual, mask), getattr(expected, mask)), f"{name} {mask}"
+        assert actual.metrics.keys() == expected.metrics.keys(), name
+        for key, value in expected.metrics.items():
+            assert math.isclose(actual.metrics[key], value, rel_tol=tol, abs_tol=tol), f"{name} metric {key}"
+        names = ["hidden", *problem.params()]
+        for what, a, e in zip(names, actual_grads, expected_grads, strict=True):
+            assert_close(a, e, tol, f"{name} grad of {what}")
+
+
+@pytest.mark.parametrize("backend", ["torch", "trl"])
+def test_no_valid_position_gives_zeros_attached_to_the_graph(backend):
+    problem = Problem("odd", torch.float32)
+    problem.labels[:] = IGNORE_INDEX
+    stats, hidden = problem.stats("chunked", backend)
+    assert stats.num_valid == 0
+    for field in ("logp", "entropy", "kl", "ref_logp", "top_k_entropy"):
+        assert bool((getattr(stats, field) == 0).all()), field
+    out = compute_objective("eksft", stats)
+    assert out.loss.item() == 0.0
+    grads = torch.autograd.grad(out.loss, [hidden, problem.weight])
+    assert all(bool((g == 0).all()) for g in grads)
+
+
+def test_reference_equal_to_policy_gives_exactly_zero_kl():
+    problem = Problem("scale_softcap_bias", torch.float32)
+    hidden = problem.hidden()
+    stats = chunked_token_stats(
+        hidden, problem.labels, problem.head(), hidden.detach(), problem.head(), backend="torch"
+    )
+    assert bool((stats.kl == 0).all())  # so the KL floor excludes every position at the first step
+
+
+def test_only_valid_positions_are_projected_in_tiles(monkeypatch):
+    problem = Problem("odd", torch.float32)
+    shapes = []
+    project = chunked._logits
+
+    def spy(h, *args):
+        z = project(h, *args)
+        shapes.append(tuple(z.shape))
+        return z
+
+    monkeypatch.setattr(chunked, "_logits", spy)
+    stats, hidden = problem.stats("chunked", "torch", top_k=None)
+    forward = list(shapes)
+    compute_objective("eksft", stats).loss.backward()
+    n_valid, vocab = stats.num_valid, problem.weight.shape[0]
+    assert (
+        max(rows for rows, _ in shapes) <= chunked.TOKEN_TILE and max(cols for _, cols in shapes) <= chunked.VOCAB_TILE
+    )
+    # forward: every vocabulary tile of every token tile, for the policy and the reference
+    assert sum(rows * cols for rows, cols in forward) == 2 * n_valid * vocab
+    assert n_valid < problem.labels[:, 1:].numel()
+
+
+def test_bf16_autocast_on_cpu_is_close():
+    """bf16 projections (as under autocast) accumulated in float32; both paths round the logits to bf16."""
+    problem = Problem("odd", torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, _ = problem.stats("materialised")
+        actual, _ = problem.stats("chunked", "torch")
+    assert actual.logp.dtype == torch.float32
+    for field in ("logp", "entropy", "kl", "ref_logp"):
+        assert_close(getattr(actual, field), getattr(expected, field), 5e-2, field)
+
+
+def test_backward_outside_autocast_recomputes_in_the_forward_precision():
+    """Forward under autocast (bf16 projections of float32 hidden states), backward outside it, as in training: the
+    backward must project in bf16 again, or its probabilities do not sum to 1 with the forward's normaliser. The
+    bias gradient of sum(logp) is sum_t (onehot_t - p_t), whose entries add up to 0 when they do (4e-6 here; 5e-3
+    when the backward projects in float32). Not for backend="trl", which rounds its gradient tiles to bf16."""
+    problem = Problem("tied_bias", torch.float32)
+    hidden = problem.hidden()  # float32, as a float32 model's final norm returns under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stats = chunked_token_stats(hidden, problem.labels, problem.head(), backend="torch")
+    stats.logp.sum().backward()
+    assert abs(problem.bias.grad.sum().item()) < 1e-4
+
+
+def test_backend_is_checked():
+    problem = Problem("odd", torch.float32)
+    with pytest.raises(ValueError, match="backend"):
+        chunked_token_stats(problem.hidden(), problem.labels, problem.head(), backend="triton")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Real models: hidden_states + lm_head_of reproduce model(...).logits
+
+
+def tiny_qwen3(tied: bool, dtype=torch.float64, seed=0):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, tie_word_embeddings=tied,
+    )  # fmt: skip
+    return Qwen3ForCausalLM(config).to(dtype)
+
+
+def batch(vocab=97, B=2, T=23, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab, (B, T), generator=gen)
+    attention_mask = torch.ones(B, T, dtype=torch.long)
+    attention_mask[1, -5:] = 0  # right padding
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    labels[:, :6] = IGNORE_INDEX
+    return {"input_ids": input_ids, "attention_mask": attention_mask}, labels
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_qwen3_hidden_states_and_head_reproduce_logits(tied):
+    model = tiny_qwen3(tied)
+    reference = tiny_qwen3(tied, seed=1)
+    inputs, labels = batch()
+    logits = model(**inputs).logits
+    hidden = hidden_states(model, **inputs, labels=labels)  # loss-only keys are ignored
+    head = lm_head_of(model)
+    assert head.weight is model.get_output_embeddings().weight
+    assert (head.weight is model.get_input_embeddings().weight) == tied
+    torch.testing.assert_close(hidden @ head.weight.T, logits, rtol=1e-12, atol=1e-12)
+
+    results = []
+    for path in ("materialised", "chunked"):
+        model.zero_grad()
+        if path == "materialised":
+            stats = token_stats(model(**inputs).logits, labels, reference(**inputs).logits.detach())
+        else:
+            with torch.no_grad():
+                ref_hidden = hidden_states(reference, **inputs)
+            stats = chunked_token_stats(
+                hidden_states(model, **inputs), labels, lm_head_of(model), ref_hidden, lm_head_of(reference)
+            )
+        out = compute_objective("eksft", stats)
+        out.loss.backward()
+        results.append((stats, out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (expected, expected_loss, expected_grads), (actual, actual_loss, actual_grads) = results
+    for field in ("logp", "entropy", "kl", "ref_logp"):
+        assert_close(getattr(actual, field), getattr(expected, field), 1e-9, field)
+    assert_close(actual_loss, expected_loss, 1e-9, "loss")
+    for name, grad in expected_grads.items():
+        assert_close(actual_grads[name], grad, 1e-9, f"grad of {name}")
+
+
+def test_peft_lora_policy_and_disabled_adapter_reference():
+    import peft
+
+    model = tiny_qwen3(tied=False)
+    config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    model = peft.get_peft_model(model, config).to(torch.float64)
+    inputs, labels = batch()
+    head = lm_head_of(model)
+    assert not head.weight.requires_grad  # LoRA: the head is frozen
+
+    results = []
+    for path in ("materialised", "chunked"):
+        model.zero_grad()
+        if path == "materialised":
+            with torch.no_grad(), model.disable_adapter():
+                ref_logits = model(**inputs).logits
+            stats = token_stats(model(**inputs).logits, labels, ref_logits)
+        else:
+            with torch.no_grad(), model.disable_adapter():
+                ref_hidden = hidden_states(model, **inputs)
+                ref_head = lm_head_of(model)
+            stats = chunked_token_stats(hidden_states(model, **inputs), labels, head, ref_hidden, ref_head)
+        assert bool((stats.kl[stats.valid] > 1e-6).any())  # the adapters moved the policy away from the reference
+        out = compute_objective("eksft", stats)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        assert grads and all("lora_" in n for n in grads)
+        results.append((out.loss.detach(), grads))
+    (expected_loss, expected_grads), (actual_loss, actual_grads) = results
+    assert_close(actual_loss, expected_loss, 1e-9, "loss")
+    for name, grad in expected_grads.items():
+        assert_close(actual_grads[name], grad, 1e-9, f"grad of {name}")
+
+
+def test_lora_on_the_head_is_refused_while_active():
+    import peft
+
+    model = peft.get_peft_model(tiny_qwen3(tied=False), peft.LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(ValueError, match="materialised"):
+        lm_head_of(model)
+    with model.disable_adapter():
+        assert lm_head_of(model).weight is model.get_base_model().lm_head.base_layer.weight
+
+
+def test_lm_head_of_reads_scale_and_softcap_like_trl():
+    model = tiny_qwen3(tied=False)
+    assert (lm_head_of(model).logit_scale, lm_head_of(model).softcap) == (1.0, None)
+    model.config.final_logit_softcapping = 30.0
+    model.config.logit_scale = 0.25
+    head = lm_head_of(model)
+    assert (head.logit_scale, head.softcap, head.bias) == (0.25, 30.0, None)
+    model.config.logit_scale = None
+    model.config.logits_scaling = 8.0  # Granite divides by it
+    assert lm_head_of(model).logit_scale == 1 / 8
+
+
+def test_fsdp2_dtensor_head_is_gathered(tmp_path):
+    """A DTensor head (FSDP2) is gathered with full_tensor(); gradients flow back to the DTensor (1 process)."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        problem = Problem("odd", torch.float64)
+        mesh = init_device_mesh("cpu", (1,))
+        weight = distribute_tensor(problem.weight.detach(), mesh, [Shard(0)]).requires_grad_()
+        hidden = problem.hidden().detach().requires_grad_()
+        stats = chunked_token_stats(hidden, problem.labels, LMHead(weight), problem.ref_hidden, problem.ref_head())
+        compute_objective("eksft", stats).loss.backward()
+        expected = token_stats(hidden @ problem.weight.T, problem.labels, problem.ref_hidden @ problem.ref_weight.T)
+        assert_close(stats.kl, expected.kl, 1e-9, "kl")
+        assert type(weight.grad).__name__ == "DTensor" and weight.grad.full_tensor().abs().sum() > 0
+    finally:
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# GPU (run by benchmarks/gpu_check.sh)
+
+BF16_TOL = 2e-2  # bf16 logits differ by one rounding (different GEMM tilings); stats and grads agree to this
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["torch", "trl"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cuda_chunked_matches_materialised(backend, dtype, monkeypatch):
+    """On CUDA (Triton kernels for backend="trl"), real tile sizes, a 32k vocabulary: bf16 within BF16_TOL, float32
+    within 1e-4 (TF32 off)."""
+    for module, name, value in [
+        (chunked, "TOKEN_TILE", 2048),
+        (chunked, "VOCAB_TILE", 8192),
+        (chunked, "TRL_VOCAB_CHUNK", 32768),
+    ]:
+        monkeypatch.setattr(module, name, value)
+    import trl.kernels.chunked_divergence as trl_divergence
+    import trl.kernels.chunked_logprob as trl_logprob
+
+    monkeypatch.setattr(trl_logprob, "TOKEN_CHUNK_SIZE", 4096)
+    monkeypatch.setattr(trl_divergence, "TOKEN_CHUNK_SIZE", 4096)
+    monkeypatch.setattr(trl_divergence, "VOCAB_CHUNK_SIZE", 32768)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    B, T, H, V = 2, 3000, 256, 32_000
+    hidden = (torch.randn(B, T, H, device="cuda", generator=gen) * 2).to(dtype).requires_grad_()
+    weight = (torch.randn(V, H, device="cuda", generator=gen) * H**-0.5).to(dtype).requires_grad_()
+    ref_hidden = (hidden.detach().float() + 0.3 * torch.randn(B, T, H, device="cuda", generator=gen)).to(dtype)
+    ref_weight = weight.detach()
+    labels = torch.randint(0, V, (B, T), device="cuda", generator=gen)
+    labels[:, :100] = IGNORE_INDEX
+    tol = BF16_TOL if dtype == torch.bfloat16 else 1e-4
+
+    results = []
+    for path in ("materialised", "chunked"):
+        if path == "materialised":
+            stats = token_stats(hidden @ weight.T, labels, ref_hidden @ ref_weight.T, top_k_entropy=20)
+        else:
+            stats = chunked_token_stats(
+                hidden, labels, LMHead(weight), ref_hidden, LMHead(ref_weight), top_k_entropy=20, backend=backend
+            )
+        out = compute_objective("global_reg", stats)  # nll, entropy and KL on every token: every gradient term
+        results.append((stats, out.loss, torch.autograd.grad(out.loss, [hidden, weight])))
+    (expected, expected_loss, expected_grads), (actual, actual_loss, actual_grads) = results
+    for field in ("logp", "entropy", "kl", "ref_logp", "top_k_entropy"):
+        assert_close(getattr(actual, field), getattr(expected, field), tol, field)
+    assert_close(actual_loss, expected_loss, tol, "loss")
+    for what, a, e in zip(("hidden", "weight"), actual_grads, expected_grads, strict=True):
+        scale = e.float().abs().max()
+        assert_close(a.float() / scale, e.float() / scale, tol, f"grad of {what} (relative to its largest entry)")
