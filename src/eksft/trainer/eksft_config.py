@@ -1,0 +1,189 @@
+"""Configuration of ``EKSFTTrainer``: TRL's ``SFTConfig`` plus the objective, its hyper-parameters and the reference.
+
+Every ``ObjectiveParams`` field is a field here with the same name and default, so a YAML recipe or a command-line
+flag reaches the objective unchanged. The hyper-parameters are validated when the config is built, before any model
+is loaded: a bad ``rho`` fails with the field name and the value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from transformers.utils import is_torch_bf16_gpu_available
+from trl import SFTConfig
+
+from ..objectives import OBJECTIVES, ObjectiveParams
+from .reference import REF_MODEL_MODES
+
+
+@dataclass
+class EKSFTConfig(SFTConfig):
+    r"""
+    Configuration class for [`EKSFTTrainer`]: every [`trl.SFTConfig`] parameter, plus the ones below.
+
+    > Parameters that control the objective
+
+    loss_type: training objective, a name of `eksft.objectives.OBJECTIVES` (default `"eksft"`).
+    rho ... rho1_ratio: the objective's hyper-parameters (`eksft.objectives.ObjectiveParams`).
+
+    > Parameters that control the reference model
+
+    ref_model_mode: `"copy"` (frozen copy of the initial weights), `"adapter_disabled"` (the PEFT model with its
+        adapters disabled, no second copy) or `"auto"` (adapter_disabled with a PEFT model, copy otherwise).
+    ref_model_name_or_path: load the reference from here instead of copying the policy (copy mode).
+
+    > Parameters that control the statistics and their logging
+
+    use_chunked_stats: compute the token statistics from hidden states in chunks, never holding the full logits.
+    token_stats_file: file in `output_dir` that gets one JSON line of metrics per logging step (None: no file).
+
+    > Defaults that differ from [`trl.SFTConfig`]
+
+    logging_steps: 1 (every step).
+    bf16: `None` (auto) is on where the GPU supports bf16, off on a CPU.
+    assistant_only_loss: `None` (auto) trains only the assistant turns of conversational `messages` data, as in
+        the paper; prompt-completion data trains only the completion (TRL's `completion_only_loss`).
+    """
+
+    # Parameters that control the objective
+    loss_type: str = field(
+        default="eksft",
+        metadata={"help": f"Training objective, one of: {', '.join(OBJECTIVES)}."},
+    )
+    rho: float = field(
+        default=0.2,
+        metadata={"help": "EKSFT: fraction of valid tokens in each of the entropy and KL sets, k = floor(rho * N)."},
+    )
+    lambda_entropy: float = field(
+        default=0.05,
+        metadata={"help": "EKSFT: weight of the entropy bonus on the entropy set."},
+    )
+    lambda_kl: float = field(
+        default=0.05,
+        metadata={"help": "EKSFT: weight of the KL(policy || reference) penalty on the KL set."},
+    )
+    combine: str = field(
+        default="union",
+        metadata={"help": "EKSFT: masked tokens are the 'union' (the paper) or the 'intersection' of the two sets."},
+    )
+    scope: str = field(
+        default="batch",
+        metadata={"help": "EKSFT: select tokens over the whole micro-batch ('batch') or within each 'sequence'."},
+    )
+    normalize_entropy: bool = field(
+        default=True,
+        metadata={"help": "EKSFT: divide the entropy term by log|V|."},
+    )
+    kl_floor: float = field(
+        default=1e-6,
+        metadata={"help": "EKSFT: positions whose KL is not above this floor are never in the KL set."},
+    )
+    entropy_largest: bool = field(
+        default=True,
+        metadata={"help": "EKSFT ablation: the entropy set takes the largest entropies (False: the smallest)."},
+    )
+    kl_largest: bool = field(
+        default=True,
+        metadata={"help": "EKSFT ablation: the KL set takes the largest KLs (False: the smallest above the floor)."},
+    )
+    normalization: str = field(
+        default="mean",
+        metadata={
+            "help": "'mean': every term is a mean over its token set of the micro-batch (the paper's formulas). "
+            "'token': sums divided by the number of response tokens of the whole accumulated batch, so gradient "
+            "accumulation equals one large batch."
+        },
+    )
+    asft_lambda: float = field(
+        default=0.05,
+        metadata={"help": "asft: weight of KL(policy || reference) added to DFT."},
+    )
+    iw_clip: float = field(
+        default=16.0,
+        metadata={"help": "iw_sft: sequence weights are clamped to [0, iw_clip]."},
+    )
+    eaft_top_k: int = field(
+        default=20,
+        metadata={"help": "eaft: the entropy is taken over the policy's top-k tokens, normalised by log k."},
+    )
+    rho1_ratio: float = field(
+        default=0.6,
+        metadata={"help": "rho1: fraction of tokens kept, by largest excess loss over the reference."},
+    )
+
+    # Parameters that control the reference model
+    ref_model_mode: str = field(
+        default="auto",
+        metadata={
+            "help": "'copy': a frozen copy of the initial weights. 'adapter_disabled': the PEFT model with its "
+            "adapters disabled (no second copy of the weights). 'auto': adapter_disabled with a PEFT config, "
+            "copy otherwise. Objectives that need no reference (nll, dft, chord_phi, eaft, entropy_only) never "
+            "build one."
+        },
+    )
+    ref_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Copy mode: load the reference from this path or hub id instead of copying the policy (its "
+            "vocabulary must match the policy's)."
+        },
+    )
+
+    # Parameters that control the statistics and their logging
+    use_chunked_stats: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute log-probs, entropy and KL from hidden states and the LM head in chunks, never holding "
+            "the [tokens x vocab] logits. False: from the full logits (the readable reference implementation)."
+        },
+    )
+    token_stats_file: str | None = field(
+        default="token_stats.jsonl",
+        metadata={
+            "help": "File in output_dir that gets one JSON line (step, epoch, every metric) per logging step, "
+            "written by the main process. None: no file."
+        },
+    )
+
+    # Parameters whose defaults differ from SFTConfig
+    logging_steps: float = field(
+        default=1,
+        metadata={
+            "help": "Log every X update steps (a float < 1 is a fraction of the training steps). Every step by "
+            "default: the token statistics are what EKSFT runs are analysed with."
+        },
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 mixed precision. None (auto): on when the GPU supports bf16, off on a CPU (TRL turns it "
+            "on everywhere, which fails on a machine without a GPU)."
+        },
+    )
+    assistant_only_loss: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Train only the assistant turns. None (auto): True for conversational 'messages' data, as in "
+            "the paper; prompt-completion data trains only the completion (completion_only_loss)."
+        },
+    )
+
+    def __post_init__(self):
+        # Checked before TrainingArguments sets up devices, so that a typo fails fast and before any model loads
+        if self.loss_type not in OBJECTIVES:
+            raise ValueError(f"loss_type must be one of {', '.join(OBJECTIVES)}; got {self.loss_type!r}")
+        if self.ref_model_mode not in REF_MODEL_MODES:
+            raise ValueError(f"ref_model_mode must be one of {', '.join(REF_MODEL_MODES)}; got {self.ref_model_mode!r}")
+        if self.label_smoothing_factor:
+            raise ValueError(
+                f"label_smoothing_factor is not supported by EKSFTConfig (the objective is the loss); "
+                f"got {self.label_smoothing_factor!r}"
+            )
+        self.objective_params()  # validates every hyper-parameter, naming the field and the value
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = not self.use_cpu and is_torch_bf16_gpu_available()
+        super().__post_init__()
+
+    def objective_params(self) -> ObjectiveParams:
+        """The objective's hyper-parameters, taken from the fields of the same names."""
+        return ObjectiveParams(**{f.name: getattr(self, f.name) for f in fields(ObjectiveParams)})

@@ -1,0 +1,235 @@
+"""``EKSFTTrainer``: TRL's ``SFTTrainer`` with the loss replaced by any objective of ``eksft.objectives``.
+
+Per micro-batch, ``compute_loss`` runs
+
+1. ONE policy forward with gradients; the statistics the selection uses come from it (the objectives detach them);
+2. ONE reference forward under ``torch.no_grad()``, and none at all when the objective needs no reference;
+3. ``token statistics -> objective`` (``eksft.stats`` / ``eksft.chunked``, then ``eksft.objectives``).
+
+Everything else (data preparation, assistant-only masks, collation, PEFT wrapping, the training loop, logging,
+checkpoints) is TRL's and transformers'. The published trainer ran three forward passes per step (policy without
+grad, reference, policy with grad); this one runs two, one of them without grad.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from accelerate.utils import is_peft_model
+from datasets import Dataset, IterableDataset
+from torch import nn
+from trl import SFTTrainer
+from trl.data_utils import is_conversational
+from trl.models.utils import _ForwardRedirection
+
+from ..chunked import chunked_token_stats, hidden_states, lm_head_of
+from ..objectives import OBJECTIVES, compute_objective
+from ..stats import TokenStats, token_stats
+from .eksft_config import EKSFTConfig
+from .reference import build_reference, freeze, prepare_reference, reference_model, resolve_ref_model_mode
+
+# ObjectiveOutput.metrics that are terms of the loss, normalised like it (see `_micro_batch_metrics`)
+LOSS_TERMS = ("ce", "entropy_term", "kl_term")
+
+
+class EKSFTTrainer(SFTTrainer):
+    """Supervised fine-tuning with EKSFT or any objective of ``eksft.objectives.OBJECTIVES``.
+
+    Takes every argument of ``trl.SFTTrainer`` (``args`` must be an ``EKSFTConfig``), plus ``ref_model``: a model
+    to use as the reference instead of a copy of the policy (copy mode; frozen and placed here).
+    """
+
+    _tag_names = ["trl", "sft", "eksft"]
+    _name = "EKSFT"
+    # `compute_loss` returns a loss already scaled for gradient accumulation (see `_scale_for_accumulation`)
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model,
+        args: EKSFTConfig | None = None,
+        data_collator=None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset=None,
+        processing_class=None,
+        *,
+        ref_model: nn.Module | None = None,
+        peft_config=None,
+        **kwargs,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = EKSFTConfig(f"{str(name).rstrip('/').split('/')[-1] or 'model'}-EKSFT")
+        elif not isinstance(args, EKSFTConfig):
+            raise TypeError(f"args must be an EKSFTConfig (it holds the objective), got {type(args).__name__}")
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError("EKSFTTrainer computes the loss from its objective (loss_type); drop compute_loss_func")
+        self.objective = OBJECTIVES[args.loss_type]
+        self.objective_params = args.objective_params()
+        # checked before SFTTrainer loads the model and creates output_dir
+        is_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
+        self.ref_model_mode = resolve_ref_model_mode(args.ref_model_mode, is_peft)
+        if ref_model is not None and self.ref_model_mode != "copy":
+            raise ValueError("ref_model is only used with ref_model_mode='copy' (or 'auto' without PEFT)")
+        if args.assistant_only_loss is None and train_dataset is not None:
+            # The paper trains on response tokens only: assistant turns of a conversation. Prompt-completion data
+            # is already limited to the completion by TRL (completion_only_loss), and plain text has no turns.
+            example = next(iter(train_dataset))
+            args.assistant_only_loss = is_conversational(example) and "prompt" not in example
+
+        # SFTTrainer accepts only its own loss names; the loss is computed in `compute_loss`, never by SFTTrainer
+        loss_type, args.loss_type = args.loss_type, "nll"
+        try:
+            super().__init__(
+                model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                peft_config=peft_config,
+                **kwargs,
+            )
+        finally:
+            args.loss_type = loss_type
+        if self.aux_loss_enabled:
+            raise NotImplementedError(
+                "the MoE load-balancing loss is not added to EKSFT objectives; set router_aux_loss_coef=0.0 to train "
+                "a Mixture-of-Experts model without it"
+            )
+
+        self.ref_model = None  # None with adapter_disabled, or when the objective needs no reference
+        if self.objective.needs_reference and self.ref_model_mode == "copy":
+            accelerated = {"is_deepspeed": self.is_deepspeed_enabled, "is_fsdp": self.is_fsdp_enabled}
+            if ref_model is not None:
+                self.ref_model = prepare_reference(freeze(ref_model), self.accelerator, **accelerated)
+            else:
+                self.ref_model = build_reference(self.model, args, self.accelerator, **accelerated)
+
+        self._redirect = _ForwardRedirection()
+
+    # ---- loss ---------------------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        labels = inputs["labels"]
+        # the labels stay out of the forward: the model would otherwise compute its own cross-entropy
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        model_inputs["use_cache"] = False
+        if self.args.use_chunked_stats:
+            stats, outputs = self._chunked_stats(model, model_inputs, labels), None
+        else:
+            stats, outputs = self._materialised_stats(model, model_inputs, labels)
+        result = compute_objective(self.args.loss_type, stats, self.objective_params, num_items_in_batch)
+        loss = self._scale_for_accumulation(result.loss, num_items_in_batch)
+        self._record_metrics(mode, self._micro_batch_metrics(result.metrics, stats, num_items_in_batch), stats, inputs)
+
+        if return_outputs:
+            if outputs is None:  # evaluation with compute_metrics wants logits; the chunked path never built them
+                with torch.no_grad():
+                    outputs = model(**model_inputs)
+            return loss, outputs
+        return loss
+
+    def _top_k(self) -> int | None:
+        return self.objective_params.eaft_top_k if self.objective.top_k_entropy else None
+
+    def _reference(self):
+        return reference_model(self.model, self.ref_model, unwrap=self.accelerator.unwrap_model)
+
+    def _materialised_stats(self, model, model_inputs, labels) -> tuple[TokenStats, object]:
+        outputs = model(**model_inputs)  # [B, T, V] logits, with grad
+        ref_logits = None
+        if self.objective.needs_reference:
+            with self._reference() as reference:
+                ref_logits = reference(**model_inputs).logits
+        return token_stats(outputs.logits, labels, ref_logits, top_k_entropy=self._top_k()), outputs
+
+    def _chunked_stats(self, model, model_inputs, labels) -> TokenStats:
+        """Statistics from hidden states and LM heads (``eksft.chunked``), never holding ``[B, T, V]`` logits.
+
+        The backbone is called directly rather than through the model's forward, so each call is routed through its
+        wrapper's forward (TRL's ``_ForwardRedirection``): DDP then prepares its gradient reduction, and FSDP /
+        DeepSpeed gather their sharded parameters, as for a normal forward.
+        """
+        ref_hidden = ref_head = None
+        if self.objective.needs_reference:
+            with self._reference() as reference:
+                unwrapped = self.accelerator.unwrap_model(reference)
+                ref_hidden = self._redirect(reference, unwrapped, hidden_states, unwrapped, **model_inputs)
+                ref_head = lm_head_of(unwrapped)  # taken inside: with adapters disabled it is the base head
+
+        def policy_stats(unwrapped, **inputs):  # [B, T, H] hidden states with grad, then the statistics
+            head = lm_head_of(unwrapped)
+            hidden = hidden_states(unwrapped, **inputs)
+            return chunked_token_stats(hidden, labels, head, ref_hidden, ref_head, top_k_entropy=self._top_k())
+
+        unwrapped = self.accelerator.unwrap_model(model)
+        return self._redirect(model, unwrapped, policy_stats, unwrapped, **model_inputs)
+
+    def _scale_for_accumulation(self, loss: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        """Make the loss of one micro-batch the right share of the accumulated batch's loss.
+
+        With ``normalization="token"`` the objective already divided by ``num_items_in_batch`` (the response tokens
+        of every micro-batch of the step, on every rank when ``average_tokens_across_devices``); as in
+        ``Trainer.compute_loss``, DDP then averages gradients over ranks, so the loss is multiplied back by their
+        number. Otherwise the loss is a micro-batch mean and, as the Trainer does for such losses, is divided by the
+        number of accumulated micro-batches.
+        """
+        if self.objective_params.normalization == "token" and num_items_in_batch is not None:
+            if self.args.average_tokens_across_devices:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            return loss
+        if self.model.training:
+            loss = loss / self.current_gradient_accumulation_steps
+        return loss
+
+    # ---- metrics ------------------------------------------------------------------------------------------------
+
+    def _micro_batch_metrics(self, metrics: dict[str, float], stats: TokenStats, num_items_in_batch) -> dict:
+        """The metrics with the loss terms on this micro-batch's own tokens, whatever the normalization.
+
+        With ``normalization="token"`` the loss terms are sums divided by the tokens of the whole accumulated batch
+        on every rank, i.e. this micro-batch's *share* of the loss; rescaled here by ``num_items_in_batch / tokens
+        here`` so that the logged ce / entropy_term / kl_term do not depend on the accumulation or the world size.
+        """
+        if self.objective_params.normalization != "token" or num_items_in_batch is None:
+            return metrics
+        share = float(num_items_in_batch) / max(stats.num_valid, 1)
+        return {name: value * share if name in LOSS_TERMS else value for name, value in metrics.items()}
+
+    def _record_metrics(self, mode: str, metrics: dict[str, float], stats: TokenStats, inputs) -> None:
+        """Append the objective's metrics, averaged over all processes, to ``self._metrics`` (logged by ``log``).
+
+        Each process's values are weighted by its number of response tokens: means over tokens (mean entropy,
+        fraction masked, ...) become exact means over every token of the micro-batches of all processes. One
+        gather per micro-batch, which also counts the tokens seen (``num_tokens``, as SFTTrainer logs it).
+        """
+        names = list(metrics)
+        num_valid = float(stats.num_valid)
+        if "attention_mask" in inputs:
+            num_tokens = float(inputs["attention_mask"].sum())
+        else:  # padding-free batches carry position_ids instead
+            num_tokens = float(inputs["position_ids"].size(1))
+        local = torch.tensor(
+            [[num_tokens, num_valid, *(metrics[name] * num_valid for name in names)]],
+            dtype=torch.float64,
+            device=self.accelerator.device,
+        )  # [1, 2 + M]
+        total = self.accelerator.gather_for_metrics(local).sum(0).tolist()  # [2 + M]
+        for name, weighted_sum in zip(names, total[2:], strict=True):
+            self._metrics[mode][name].append(weighted_sum / max(total[1], 1.0))
+        if mode == "train":
+            self._total_train_tokens += int(total[0]) // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """SFTTrainer's logging (metric means, report_to, progress bar), then one JSON line in ``token_stats_file``."""
+        has_metrics = bool(self._metrics["train" if self.model.training else "eval"])
+        super().log(logs, start_time)
+        if has_metrics and self.args.token_stats_file and self.is_world_process_zero():
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            with open(os.path.join(self.args.output_dir, self.args.token_stats_file), "a", encoding="utf-8") as f:
+                f.write(json.dumps(self.state.log_history[-1]) + "\n")
