@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
 
     from ..evaluation.generation import vllm_available
     from ..grpo import build_trainer, load_prompts, reward_functions
-    from .eval import load_tokenizer
+    from ..loading import load_tokenizer
 
     reward_functions(data_args.reward_funcs)  # an unknown reward fails now, not after loading the model
     tokenizer = load_tokenizer(model_args.model_name_or_path, "--model_name_or_path",
