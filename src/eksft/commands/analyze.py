@@ -15,12 +15,12 @@ import argparse
 import json
 import math
 import os
-import secrets
 import shutil
 import sys
 import warnings
 from pathlib import Path
 
+from ..atomic import fresh_sibling, replace_directory
 from ..errors import UserError
 
 JSON_FILE, MARKDOWN_FILE = "analysis.json", "analysis.md"
@@ -230,32 +230,6 @@ def _finite_json(value):
     return value
 
 
-def _fresh_sibling(out_dir: Path, tag: str) -> Path:
-    """A new hidden directory next to ``out_dir`` (same file system, so the final rename is atomic)."""
-    while True:
-        candidate = out_dir.parent / f".{out_dir.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    old = _fresh_sibling(out_dir, "old")
-    os.rename(out_dir, old / "previous")
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old / "previous", out_dir)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def render_markdown(result: dict) -> str:
     """``analysis.md``: the tables of ``analysis.json`` and the plots it embeds."""
     from ..analysis.table import markdown_table
@@ -421,7 +395,7 @@ def main(argv: list[str]) -> int:
     from ..analysis import plots
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_sibling(output_dir, "tmp")
+    tmp = fresh_sibling(output_dir, "tmp")
     try:
         if drift_reports:
             plots.plot_drift_per_layer(drift_reports, tmp / PLOT_FILES["drift"])
@@ -445,7 +419,7 @@ def main(argv: list[str]) -> int:
         (tmp / JSON_FILE).write_text(json.dumps(_finite_json(result), indent=2) + "\n", encoding="utf-8")
         (tmp / MARKDOWN_FILE).write_text(render_markdown(result), encoding="utf-8")
         _check_output_dir(output_dir, args.overwrite)  # something may have appeared there meanwhile
-        _move_into_place(tmp, output_dir)
+        replace_directory(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

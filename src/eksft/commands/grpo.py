@@ -16,25 +16,15 @@ import os
 import sys
 
 from ..errors import UserError
+from .recipe import parse_recipe
 
 
 def parse(argv: list[str]):
-    import yaml
-    from trl import GRPOConfig, ModelConfig, TrlParser
+    from trl import GRPOConfig, ModelConfig
 
     from ..grpo import GRPODataArguments
 
-    parser = TrlParser((GRPODataArguments, GRPOConfig, ModelConfig), prog="eksft grpo")
-    if "--config" in argv:
-        index = argv.index("--config") + 1
-        if index >= len(argv) or not os.path.isfile(argv[index]):
-            raise UserError(f"config file not found: {argv[index] if index < len(argv) else '(missing after --config)'}")
-    try:
-        data_args, config, model_args = parser.parse_args_and_config(argv)
-    except yaml.YAMLError as err:
-        raise UserError(f"cannot read the config file: {err}") from None
-    except (ValueError, TypeError) as err:  # GRPOConfig checks its values (batch sizes vs num_generations...)
-        raise UserError(f"invalid configuration: {err}") from None
+    data_args, config, model_args = parse_recipe((GRPODataArguments, GRPOConfig, ModelConfig), argv, "eksft grpo")
     if not model_args.model_name_or_path:
         raise UserError("--model_name_or_path is required (e.g. the output directory of eksft sft)")
     return data_args, config, model_args

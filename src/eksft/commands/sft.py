@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import UserError
+from .recipe import parse_recipe
 
 
 @dataclass
@@ -44,24 +45,11 @@ class DataArguments:
 
 def parse(argv: list[str]):
     """The three config objects; any configuration problem becomes a ``UserError``."""
-    import yaml
-    from trl import ModelConfig, TrlParser
+    from trl import ModelConfig
 
     from ..trainer import EKSFTConfig
 
-    parser = TrlParser((DataArguments, EKSFTConfig, ModelConfig), prog="eksft sft")
-    if "--config" in argv:
-        index = argv.index("--config") + 1
-        if index >= len(argv) or not os.path.isfile(argv[index]):
-            raise UserError(
-                f"config file not found: {argv[index] if index < len(argv) else '(missing after --config)'}"
-            )
-    try:
-        data_args, config, model_args = parser.parse_args_and_config(argv)
-    except yaml.YAMLError as err:
-        raise UserError(f"cannot read the config file: {err}") from None
-    except ValueError as err:  # the dataclasses validate their values, naming the field
-        raise UserError(f"invalid configuration: {err}") from None
+    data_args, config, model_args = parse_recipe((DataArguments, EKSFTConfig, ModelConfig), argv, "eksft sft")
     if not model_args.model_name_or_path:
         raise UserError("--model_name_or_path is required (a local directory or a hub id)")
     if not data_args.dataset_name:

@@ -23,17 +23,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..atomic import write_text_atomic
 from ..errors import UserError
 from ..grading import extract_answer, grade_batch
 from .benchmarks import Benchmark
 from .metrics import pass_at_k_table
 from .report import average_metrics, render_table
+
+write_atomic = write_text_atomic  # TEMP alias until demo/pipeline.py imports eksft.atomic
 
 __all__ = ["DEFAULT_PROMPT_TEMPLATE", "EvalSettings", "check_output", "evaluate", "format_prompt", "read_samples", "run_benchmark"]
 
@@ -81,18 +83,6 @@ def sample_seed(seed: int, problem_id: int, sample: int) -> int:
 # ---- files --------------------------------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old file or the whole new one, never a part."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -214,7 +204,7 @@ def run_benchmark(
         "answer_field": spec.answer_field, "num_problems": len(benchmark.problems), "num_samples": n,
         "num_correct": sum(sum(c.values()) for c in by_problem.values()), "metrics": metrics, "complete": True,
     }  # fmt: skip
-    write_atomic(directory / RESULTS_FILE, json.dumps(result, indent=2) + "\n")
+    write_text_atomic(directory / RESULTS_FILE, json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -255,7 +245,7 @@ def evaluate(
     for directory, identity, fresh in runs:
         directory.mkdir(parents=True, exist_ok=True)
         if fresh:
-            write_atomic(directory / RUN_FILE, json.dumps(identity, indent=2) + "\n")
+            write_text_atomic(directory / RUN_FILE, json.dumps(identity, indent=2) + "\n")
     directories = [directory for directory, _, _ in runs]
     # the summary is rewritten at the end; until then no file may claim a finished run
     for name in (RESULTS_FILE, TABLE_FILE):
@@ -271,6 +261,6 @@ def evaluate(
         "benchmarks": results,
         "average": average_metrics(results),
     }
-    write_atomic(output_dir / RESULTS_FILE, json.dumps(summary, indent=2) + "\n")
-    write_atomic(output_dir / TABLE_FILE, render_table([summary]))
+    write_text_atomic(output_dir / RESULTS_FILE, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(output_dir / TABLE_FILE, render_table([summary]))
     return summary

@@ -1,0 +1,55 @@
+"""Writing results so that a reader (or a resumed run) sees the old version or the whole new one, never a part.
+
+Files: written to a hidden temporary sibling, fsynced, then renamed over the target. Directories: built in a
+hidden sibling and renamed into place at the end, so a killed run never leaves a directory that looks finished.
+Siblings live on the same file system, which makes the renames atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fresh_sibling(out_dir: Path, tag: str) -> Path:
+    """A new hidden directory next to ``out_dir`` (umask permissions, unlike ``tempfile.mkdtemp``)."""
+    while True:
+        candidate = out_dir.parent / f".{out_dir.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+
+
+def replace_directory(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished ``tmp`` to ``out_dir``, replacing an existing ``out_dir`` (restored if the rename fails)."""
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    old = fresh_sibling(out_dir, "old")
+    os.rename(out_dir, old / "previous")
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old / "previous", out_dir)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
