@@ -33,7 +33,7 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 
 demo: install
-	$(VENV)/bin/eksft demo
+	$(VENV)/bin/eksft demo --profile full
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

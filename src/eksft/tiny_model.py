@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from .atomic import fresh_sibling, replace_directory
 from .demo.tokenizer import IM_END, build_tokenizer
 from .demo.world import pretraining_corpus
 from .errors import UserError
@@ -105,10 +106,14 @@ def make_model(tokenizer: PreTrainedTokenizerFast, spec: TinyModelSpec, seed: in
     return model
 
 
-def corpus_tokens(tokenizer: PreTrainedTokenizerFast, n_problems: int, seed: int = 0) -> torch.Tensor:
-    """The world's pre-training corpus as one stream of token ids, each document followed by ``<|endoftext|>``."""
+def corpus_tokens(
+    tokenizer: PreTrainedTokenizerFast, n_problems: int, seed: int = 0, documents: Sequence[str] | None = None
+) -> torch.Tensor:
+    """The world's pre-training corpus (or ``documents`` when given) as one stream of token ids, each document
+    followed by ``<|endoftext|>``."""
     ids: list[int] = []
-    for doc in tokenizer(pretraining_corpus(n_problems, seed=seed))["input_ids"]:
+    docs = pretraining_corpus(n_problems, seed=seed) if documents is None else list(documents)
+    for doc in tokenizer(docs)["input_ids"]:
         ids.extend(doc)
         ids.append(tokenizer.eos_token_id)
     return torch.tensor(ids, dtype=torch.long)
@@ -137,11 +142,17 @@ def pretrain(
     config: PretrainConfig,
     seed: int = 0,
     progress: bool = True,
+    documents: Sequence[str] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Plain-torch causal-LM pre-training on the world corpus; returns the training loss of every step."""
+    """Plain-torch causal-LM pre-training on the world corpus; returns the training loss of every step.
+
+    ``documents`` replaces the world corpus (``pretraining_corpus``); ``on_step(step, loss)`` is called after every
+    optimizer step (step counted from 1), e.g. to report progress.
+    """
     if config.steps <= 0:
         return []
-    stream = corpus_tokens(tokenizer, config.corpus_problems, seed=seed)
+    stream = corpus_tokens(tokenizer, config.corpus_problems, seed=seed, documents=documents)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay
@@ -171,6 +182,8 @@ def pretrain(
             scheduler.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if on_step is not None:
+                on_step(len(losses), losses[-1])
     finally:
         torch.set_num_threads(previous_threads)
         model.eval()
@@ -191,33 +204,6 @@ def _write_model(directory: Path, model: Qwen3ForCausalLM, tokenizer: PreTrained
     (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
-def _fresh_sibling(out_dir: Path, tag: str) -> Path:
-    """A new hidden directory next to ``out_dir`` (same file system, so renames are atomic; umask permissions)."""
-    while True:
-        candidate = out_dir.parent / f".{out_dir.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename ``tmp`` to ``out_dir``; an existing ``out_dir`` (already allowed by _check_target) is replaced."""
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    old = _fresh_sibling(out_dir, "old")
-    os.rename(out_dir, old / "previous")
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old / "previous", out_dir)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_tiny_model(
     out_dir: str | os.PathLike,
     *,
@@ -235,10 +221,14 @@ def build_tiny_model(
     overwrite: bool = False,
     pretrain_config: PretrainConfig | None = None,
     progress: bool = True,
+    documents: Sequence[str] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> TinyModelResult:
     """Write the tiny model and its tokenizer to ``out_dir`` (see the module docstring); returns what was built.
 
     ``pretrain_config`` sets the pre-training details; its ``steps`` is replaced by ``pretrain_steps``.
+    ``documents`` replaces the world's pre-training corpus and ``on_step(step, loss)`` is called after every
+    pre-training step (see :func:`pretrain`).
     """
     out_dir = Path(out_dir).expanduser().absolute()
     spec = TinyModelSpec(
@@ -261,21 +251,23 @@ def build_tiny_model(
     _check_target(out_dir, overwrite)  # fail before spending time on training
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
-    tmp = _fresh_sibling(out_dir, "tmp")
+    tmp = fresh_sibling(out_dir, "tmp")
     try:
         tokenizer = build_tokenizer(vocab_size=spec.vocab_size, model_max_length=spec.max_position_embeddings)
         model = make_model(tokenizer, spec, seed=seed)
-        losses = pretrain(model, tokenizer, train_config, seed=seed, progress=progress)
+        losses = pretrain(model, tokenizer, train_config, seed=seed, progress=progress, documents=documents,
+                          on_step=on_step)  # fmt: skip
         meta = {
             "spec": asdict(spec),
             "pretrain": asdict(train_config),
+            "corpus": "world" if documents is None else f"custom ({len(documents)} documents)",
             "seed": seed,
             "num_parameters": model.num_parameters(),
             "final_loss": losses[-1] if losses else None,
         }
         _write_model(tmp, model, tokenizer, meta)
         _check_target(out_dir, overwrite)  # something may have appeared there meanwhile
-        _move_into_place(tmp, out_dir)
+        replace_directory(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -35,8 +35,6 @@ from .benchmarks import Benchmark
 from .metrics import pass_at_k_table
 from .report import average_metrics, render_table
 
-write_atomic = write_text_atomic  # TEMP alias until demo/pipeline.py imports eksft.atomic
-
 __all__ = ["DEFAULT_PROMPT_TEMPLATE", "EvalSettings", "check_output", "evaluate", "format_prompt", "read_samples", "run_benchmark"]
 
 DEFAULT_PROMPT_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
