@@ -95,7 +95,7 @@ class EKSFTTrainer(SFTTrainer):
         finally:
             args.loss_type = loss_type
         if self.aux_loss_enabled:
-            raise NotImplementedError(
+            raise ValueError(
                 "the MoE load-balancing loss is not added to EKSFT objectives; set router_aux_loss_coef=0.0 to train "
                 "a Mixture-of-Experts model without it"
             )
