@@ -2,26 +2,13 @@
 write the trainer's ``token_stats.jsonl``."""
 
 import json
-import os
 import shutil
 
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
 PERTURBED_LAYER = 1
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-
-
-@pytest.fixture(scope="package", autouse=True)
-def one_thread():
-    # tiny models: one thread is as fast as two and leaves the other core to whoever shares the machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="package")

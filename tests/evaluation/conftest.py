@@ -1,32 +1,8 @@
-"""Fixtures for the evaluation and GRPO tests: offline, one thread, a tiny random model, small benchmark files."""
+"""Fixtures for the evaluation and GRPO tests (the tiny model is ``tiny_model_dir`` of tests/conftest.py)."""
 
 import json
-import os
 
 import pytest
-import torch
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
-@pytest.fixture(scope="package", autouse=True)
-def one_thread():
-    # a tiny model gains nothing from more threads, and other test processes share the cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
-    """A randomly initialised tiny Qwen3 model with its tokenizer (ChatML template)."""
-    from eksft.tiny_model import build_tiny_model
-
-    path = tmp_path_factory.mktemp("eval-models") / "tiny"
-    build_tiny_model(path, progress=False)
-    return str(path)
 
 
 def write_jsonl(path, rows) -> str:

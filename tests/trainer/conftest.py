@@ -1,32 +1,11 @@
 """Shared fixtures: one tiny offline model for the whole session, small datasets, a training config factory."""
 
-import os
-
 import pytest
-import torch
-
-# Nothing here may touch the network: the tiny model is built locally and the data are local files.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
-@pytest.fixture(scope="package", autouse=True)
-def one_thread():
-    # These models are tiny: one thread is as fast as two and does not fight other test processes for the cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    """Path of a randomly initialised tiny Qwen3 model + tokenizer (ChatML template with generation markers)."""
-    from eksft.tiny_model import build_tiny_model
-
-    path = tmp_path_factory.mktemp("models") / "tiny"
-    build_tiny_model(path, progress=False)
-    return str(path)
+def tiny_model(tiny_model_dir) -> str:
+    return tiny_model_dir
 
 
 def make_conversation(i: int) -> list[dict]:
