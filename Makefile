@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-slow lint demo clean
+.PHONY: install test test-slow lint demo reliability-doc clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow tests
+
+# docs/reliability.md: the table of faults tried and their outcomes, written by the robustness suite
+reliability-doc: install
+	$(PY) -m pytest -q tests/robustness --write-reliability-doc
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

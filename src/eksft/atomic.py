@@ -53,3 +53,22 @@ def replace_directory(tmp: Path, out_dir: Path) -> None:
         raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable_dir(path: str | os.PathLike, flag: str) -> None:
+    """Fail before any work if ``path`` cannot be (created and) written; creates nothing itself.
+
+    Checked up front so that a long run does not end in an unwritable output directory, and so that a failing
+    command leaves the file system as it found it.
+    """
+    from .errors import UserError
+
+    path = Path(path).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: cannot create it, {existing} is a file, not a directory; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+        raise UserError(f"{flag} {path} {what}; choose a directory you can write to")

@@ -118,9 +118,22 @@ def _read_with_datasets(path: str, **kwargs) -> list[dict]:
         ) from err
 
 
+def _utf8(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are an error naming the line and the byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UserError(
+            f"{path}: line {line} is not UTF-8 (byte {data[err.start]:#04x} at offset {err.start}); "
+            "save the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
 def read_json(path: Path) -> list[dict]:
     """A JSON array of objects, or JSON Lines (one object per line); errors name ``file:line``."""
-    text = path.read_text(encoding="utf-8")
+    text = _utf8(path)
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -137,7 +150,7 @@ def read_json(path: Path) -> list[dict]:
                 raise UserError(f"{path}:{lineno}: invalid JSON line: {err.msg} (column {err.colno})") from err
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise UserError(f"{path}: row {index} is a {type(row).__name__}, expected a JSON object")
+            raise UserError(f"{path}: row {index + 1} is a {type(row).__name__}, expected a JSON object")
     return rows
 
 
@@ -265,7 +278,8 @@ def convert_rows(
 ) -> tuple[list[tuple[int, dict]], DataReport]:
     """Every row converted (see the module docstring), as ``(row number, example)``, and the report so far.
 
-    ``row_numbers`` are the rows' numbers in the source (default 0, 1, ...), used in messages and the report.
+    ``row_numbers`` are the rows' numbers in the source, counted from 1 (default 1, 2, ...: in a JSONL file without
+    blank lines, the line numbers), used in messages and the report.
     """
     if bad_rows not in BAD_ROWS:
         raise UserError(f"bad_rows must be one of {', '.join(BAD_ROWS)}; got {bad_rows!r}")
@@ -277,7 +291,7 @@ def convert_rows(
         raise UserError(f"unknown dataset layout {layout!r}; known layouts: auto, {', '.join(LAYOUTS)}")
     report = DataReport(source=source, layout=layout, rows_read=len(rows))
     examples = []
-    for number, row in zip(row_numbers or range(len(rows)), rows, strict=True):
+    for number, row in zip(row_numbers or range(1, len(rows) + 1), rows, strict=True):
         try:
             example = convert_row(row, layout)
         except BadRow as err:
@@ -352,12 +366,12 @@ def load_training_data(
     import datasets
 
     rows = read_rows(name_or_path, config=config, split=split)
-    numbers = list(range(len(rows)))
+    numbers = list(range(1, len(rows) + 1))  # counted from 1, as people count lines
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(numbers)
     numbers = numbers[:max_rows]
     examples, report = convert_rows(
-        [rows[n] for n in numbers],
+        [rows[n - 1] for n in numbers],
         layout,
         source=name_or_path,
         system_prompt=system_prompt,

@@ -6,6 +6,7 @@ files are checked first.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .errors import UserError
@@ -27,6 +28,8 @@ def load_tokenizer(model: str, flag: str = "--model", **kwargs):
                         "(save the tokenizer next to the model)")  # fmt: skip
     if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
         raise UserError(f"{flag} {model}: no such directory")
+    if path.is_dir() and not kwargs.get("trust_remote_code"):
+        _refuse_custom_code(path, flag)
     try:
         AutoConfig.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as err:
@@ -35,3 +38,42 @@ def load_tokenizer(model: str, flag: str = "--model", **kwargs):
         return AutoTokenizer.from_pretrained(model, **kwargs)
     except (OSError, ValueError, TypeError) as err:
         raise UserError(f"{flag} {model}: cannot load its tokenizer: {err}") from None
+
+
+def _refuse_custom_code(path: Path, flag: str) -> None:
+    """A model whose config maps to Python files of its own directory is refused unless the user trusts that code.
+
+    transformers refuses too, but only after a long message about hub repositories; this one names the files.
+    """
+    try:
+        auto_map = json.loads((path / "config.json").read_text(encoding="utf-8")).get("auto_map")
+    except (OSError, ValueError, AttributeError) as err:
+        raise UserError(f"{flag} {path}: config.json is not a JSON object ({err})") from None
+    if auto_map:
+        modules = sorted({str(ref).split("--")[-1].split(".")[0] + ".py" for ref in _references(auto_map)})
+        raise UserError(
+            f"{flag} {path} runs its own code ({', '.join(modules)}, from auto_map in config.json); eksft does not "
+            "execute code from model directories unless asked: read that code, then pass --trust_remote_code true"
+        )
+
+
+def _references(auto_map) -> list[str]:
+    values = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
+    return [ref for value in values for ref in (value if isinstance(value, list | tuple) else [value]) if ref]
+
+
+def check_same_vocabulary(policy: str, reference: str, flag: str = "--ref_model_name_or_path", **kwargs) -> None:
+    """The KL compares two distributions over one vocabulary: check the configs before loading any weights."""
+    from transformers import AutoConfig
+
+    sizes = []
+    for name in (policy, reference):
+        try:
+            sizes.append(AutoConfig.from_pretrained(name, **kwargs).get_text_config().vocab_size)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{flag}: cannot read the config of {name}: {err}") from None
+    if sizes[0] != sizes[1]:
+        raise UserError(
+            f"{flag} {reference} has a vocabulary of {sizes[1]} tokens but the policy {policy} has {sizes[0]}; "
+            "the KL needs the same vocabulary: use a reference with the policy's tokenizer"
+        )

@@ -176,11 +176,11 @@ def test_bad_options_exit_2_with_one_message_and_write_nothing(tiny_model, data_
         ('{"messages": [}\n', "data.jsonl:1: invalid JSON line"),
         (
             json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]}) + "\n",
-            "row 0: unknown role 'bot' in conversations[1]",
+            "row 1: unknown role 'bot' in conversations[1]",
         ),
         (
             json.dumps({"instruction": "hi", "output": "yo"}) + "\n" + json.dumps({"instruction": "hi"}) + "\n",
-            "row 1: missing field 'output'",
+            "row 2: missing field 'output'",
         ),
         (
             json.dumps({"messages": [{"role": "user", "content": "x " * 400}, {"role": "assistant", "content": "y"}]})

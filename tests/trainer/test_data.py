@@ -71,7 +71,7 @@ def test_each_layout_is_detected_and_converted(name):
     row, expected = LAYOUTS[name]
     examples, report = convert_rows([row])
     assert report.layout == name.split("_from")[0].replace("_no_input", "").replace("_messages", "")
-    assert examples == [(0, expected)]
+    assert examples == [(1, expected)]
 
 
 def test_system_prompt_is_added_to_conversations_without_one():
@@ -136,13 +136,13 @@ def test_report_counts_kept_truncated_and_dropped_rows(tmp_path, tokenizer):
         "prompt longer than max_length=64 tokens": 1,
     }
     assert report.dropped_rows == {
-        "empty response": [1],
-        "no assistant response": [2],
-        "prompt longer than max_length=64 tokens": [3],
+        "empty response": [2],
+        "no assistant response": [3],
+        "prompt longer than max_length=64 tokens": [4],
     }
     text = str(report)
     assert "5 rows read, 2 kept, 1 of them truncated to max_length=64, 3 dropped" in text
-    assert "dropped 1: empty response (rows 1)" in text
+    assert "dropped 1: empty response (rows 2)" in text
 
 
 def test_max_rows_after_a_seeded_shuffle_keeps_source_row_numbers(tmp_path, tokenizer):
@@ -151,7 +151,7 @@ def test_max_rows_after_a_seeded_shuffle_keeps_source_row_numbers(tmp_path, toke
     first, _ = load_training_data(path, tokenizer, max_rows=4, shuffle_seed=3)
     again, report = load_training_data(path, tokenizer, max_rows=10, shuffle_seed=3)
     assert first.to_list() == again.to_list()[: len(first)]
-    assert report.dropped_rows == {"empty response": [7]}
+    assert report.dropped_rows == {"empty response": [8]}
 
 
 # ---- bad input: one clear UserError naming the file, line or row, field and value
@@ -182,22 +182,22 @@ def test_missing_file(tokenizer):
         ([{"text": "hello"}], r"cannot tell the dataset layout from its columns \['text'\]"),
         (
             [{"messages": [USER, ASSISTANT]}, {"messages": [{"role": "robot", "content": "beep"}, ASSISTANT]}],
-            r"row 1: unknown role 'robot' in messages\[0\]",
+            r"row 2: unknown role 'robot' in messages\[0\]",
         ),
         (
             [{"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]}],
-            r"row 0: unknown role 'bot' in conversations\[1\] \(known: human, user, gpt",
+            r"row 1: unknown role 'bot' in conversations\[1\] \(known: human, user, gpt",
         ),
-        ([{"instruction": "hi", "output": "yo"}, {"instruction": "hi"}], r"row 1: missing field 'output'"),
+        ([{"instruction": "hi", "output": "yo"}, {"instruction": "hi"}], r"row 2: missing field 'output'"),
         (
             [{"prompt": "hi", "completion": "yo"}, {"prompt": "hi", "completion": 3}],
-            r"row 1: completion must be a list of messages, got int",
+            r"row 2: completion must be a list of messages, got int",
         ),
         (
             [{"messages": [USER, {"role": "assistant", "content": ["parts"]}]}],
-            r"row 0: messages\[1\].content must be a string, got list",
+            r"row 1: messages\[1\].content must be a string, got list",
         ),
-        ([{"prompt": [USER], "target": "not a list"}], r"row 0: target must be a list of messages, got a string"),
+        ([{"prompt": [USER], "target": "not a list"}], r"row 1: target must be a list of messages, got a string"),
         ([], "the dataset is empty"),
     ],
 )
@@ -210,7 +210,7 @@ def test_bad_rows_can_be_dropped_and_counted():
     rows = [{"messages": [USER, ASSISTANT]}, {"messages": [{"role": "robot", "content": "beep"}, ASSISTANT]}]
     examples, report = convert_rows(rows, bad_rows="drop")
     assert len(examples) == 1 and report.dropped_rows == {
-        "unknown role 'robot' in messages[0] (known: system, user, assistant, tool)": [1]
+        "unknown role 'robot' in messages[0] (known: system, user, assistant, tool)": [2]
     }
 
 

@@ -1,0 +1,22 @@
+"""Fixtures of the robustness suite: the recorder behind ``docs/reliability.md``."""
+
+import pytest
+
+from .table import Recorder
+
+_RECORDER = Recorder()
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--write-reliability-doc",
+        action="store_true",
+        default=False,
+        help="rewrite docs/reliability.md from the rows the robustness suite records (make reliability-doc)",
+    )
+
+
+@pytest.fixture(scope="session")
+def reliability() -> Recorder:
+    """``reliability.record(key, surface, fault, outcome)``: one row of docs/reliability.md."""
+    return _RECORDER

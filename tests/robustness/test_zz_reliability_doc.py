@@ -1,0 +1,23 @@
+"""docs/reliability.md is what the suite records. Named ``zz`` so that it runs after every other robustness test."""
+
+import pytest
+
+from .table import DOC, REGENERATE, keys_in, render
+
+
+def test_reliability_doc_matches_the_suite(reliability, request):
+    rows = list(reliability.rows.values())
+    if not rows:
+        pytest.skip("no robustness test ran in this session")
+    rendered = render(rows)
+    if request.config.getoption("--write-reliability-doc"):
+        DOC.write_text(rendered, encoding="utf-8")
+        return
+    assert DOC.is_file(), f"{DOC} is missing; run `{REGENERATE}`"
+    text = DOC.read_text(encoding="utf-8")
+    missing = sorted(keys_in(text) - set(reliability.rows))
+    assert not missing, (
+        f"rows of {DOC.name} that no test recorded in this run: {missing}. Run the whole suite (make test), or "
+        f"`{REGENERATE}` if those tests were removed"
+    )
+    assert text == rendered, f"{DOC.name} differs from what the suite records; run `{REGENERATE}` and review the diff"
