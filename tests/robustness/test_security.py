@@ -1,0 +1,110 @@
+"""Security: no code from user data runs, weights are read through safetensors, grading has time and memory limits."""
+
+from __future__ import annotations
+
+import ast
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eksft.errors import UserError
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "eksft"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+# calls that execute or unpickle what they are given
+FORBIDDEN = {"eval", "exec", "compile", "pickle.load", "pickle.loads", "marshal.load", "marshal.loads",
+             "yaml.load", "yaml.unsafe_load", "torch.load", "dill.load", "joblib.load"}  # fmt: skip
+
+
+def _called_name(node: ast.Call) -> str:
+    func = node.func
+    parts = []
+    while isinstance(func, ast.Attribute):
+        parts.append(func.attr)
+        func = func.value
+    parts.append(func.id if isinstance(func, ast.Name) else "<expr>")  # `f().eval()` is a method, not eval
+    return ".".join(reversed(parts))
+
+
+def test_no_call_in_the_package_executes_or_unpickles_data(reliability):
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Call) and _called_name(node) in FORBIDDEN:
+                found.append(f"{path.relative_to(SRC)}:{node.lineno}: {_called_name(node)}")
+            if isinstance(node, ast.keyword) and node.arg == "trust_remote_code":
+                if isinstance(node.value, ast.Constant) and node.value.value is True:
+                    found.append(f"{path.relative_to(SRC)}:{node.value.lineno}: trust_remote_code=True")
+    assert not found, found
+    reliability.record(
+        "security/no-unsafe-calls", "source of eksft",
+        "the package's code scanned (AST) for calls that run or unpickle data",
+        f"no call to {', '.join(sorted(FORBIDDEN))} and no literal trust_remote_code=True in src/eksft",
+    )  # fmt: skip
+
+
+def test_remote_code_is_off_unless_asked(reliability):
+    from trl import GRPOConfig
+
+    from eksft.trainer import EKSFTConfig
+
+    assert EKSFTConfig("out", use_cpu=True, report_to="none").trust_remote_code is False
+    assert GRPOConfig("out", use_cpu=True, report_to="none").trust_remote_code is False
+    recipes = sorted(CONFIGS.glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        assert yaml.safe_load(recipe.read_text(encoding="utf-8")).get("trust_remote_code", False) is False, recipe
+    reliability.record(
+        "security/remote-code-default", "eksft sft, eksft grpo",
+        "defaults of EKSFTConfig and GRPOConfig, and every recipe in configs/",
+        f"trust_remote_code is False in both configs and in all {len(recipes)} recipes",
+    )  # fmt: skip
+
+
+def test_custom_code_in_a_model_directory_never_runs(tmp_path, tiny_model_dir, reliability):
+    import shutil
+
+    from eksft.loading import load_tokenizer
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    marker = tmp_path / "code-ran"
+    (model / "custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    config.update(model_type="custom-net", auto_map={"AutoConfig": "custom.Config", "AutoModelForCausalLM": "custom.Net"})
+    (model / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(UserError, match=r"custom\.py.*--trust_remote_code true"):
+        load_tokenizer(str(model), "--model_name_or_path")
+    assert not marker.exists()
+    reliability.record(
+        "security/custom-code-refused", "every command that loads a model",
+        "a model directory whose config.json maps to its own custom.py (auto_map), which would write a file if run",
+        "refused with a message naming custom.py and --trust_remote_code; the file was never written (the code did not run)",
+    )  # fmt: skip
+
+
+def test_grading_of_hostile_model_output_is_bounded(reliability):
+    from eksft import grading
+
+    start = time.monotonic()
+    hostile = [r"\boxed{9^{9^{9^{9^{9}}}}}", r"\boxed{10^{10^{10}}}"]
+    graded = grading.grade_batch([*hostile, r"\boxed{4}"], ["1", "1", "4"], timeout=2.0, max_workers=2)
+    elapsed = time.monotonic() - start
+    assert graded == [False, False, True]
+    assert elapsed < 60, elapsed  # worker start-up (importing sympy) included
+    limits = set()
+    for worker in grading._pool.workers:
+        line = next(x for x in Path(f"/proc/{worker.proc.pid}/limits").read_text().splitlines() if "address space" in x)
+        limits.add(int(line.split()[3]))
+    assert limits == {grading.MEMORY_LIMIT_BYTES}
+    reliability.record(
+        "security/grading-limits", "grading (eksft eval, GRPO rewards)",
+        "model answers math-verify cannot finish with: a power tower 9^{9^{9^{9^{9}}}} and 10^{10^{10}}, in one batch "
+        "with a correct answer",
+        f"both graded False within the 2 s per-item timeout (the stuck workers killed and replaced), the correct one "
+        f"True; every grading worker runs with an address-space limit of {grading.MEMORY_LIMIT_BYTES // 2**30} GiB",
+    )  # fmt: skip
