@@ -14,8 +14,11 @@ from .errors import UserError
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
 
-def load_tokenizer(model: str, flag: str = "--model", **kwargs):
-    """The model's tokenizer, after checking that ``model`` is a model (a config and a tokenizer)."""
+def load_tokenizer(model: str, flag: str = "--model", *, trust_flag: str = "--trust_remote_code true", **kwargs):
+    """The model's tokenizer, after checking that ``model`` is a model (a config and a tokenizer).
+
+    ``trust_flag`` is how the calling command spells "run the model's own code", for the message refusing it.
+    """
     from transformers import AutoConfig, AutoTokenizer
 
     path = Path(model).expanduser()
@@ -29,7 +32,7 @@ def load_tokenizer(model: str, flag: str = "--model", **kwargs):
     if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
         raise UserError(f"{flag} {model}: no such directory")
     if path.is_dir() and not kwargs.get("trust_remote_code"):
-        _refuse_custom_code(path, flag)
+        _refuse_custom_code(path, flag, trust_flag)
     try:
         AutoConfig.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as err:
@@ -40,7 +43,7 @@ def load_tokenizer(model: str, flag: str = "--model", **kwargs):
         raise UserError(f"{flag} {model}: cannot load its tokenizer: {err}") from None
 
 
-def _refuse_custom_code(path: Path, flag: str) -> None:
+def _refuse_custom_code(path: Path, flag: str, trust_flag: str) -> None:
     """A model whose config maps to Python files of its own directory is refused unless the user trusts that code.
 
     transformers refuses too, but only after a long message about hub repositories; this one names the files.
@@ -53,7 +56,7 @@ def _refuse_custom_code(path: Path, flag: str) -> None:
         modules = sorted({str(ref).split("--")[-1].split(".")[0] + ".py" for ref in _references(auto_map)})
         raise UserError(
             f"{flag} {path} runs its own code ({', '.join(modules)}, from auto_map in config.json); eksft does not "
-            "execute code from model directories unless asked: read that code, then pass --trust_remote_code true"
+            f"execute code from model directories unless asked: read that code, then pass {trust_flag}"
         )
 
 

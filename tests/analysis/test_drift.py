@@ -47,15 +47,24 @@ def test_state_dicts_modules_and_dtypes(base_dir, perturbed_dir):
     assert parameter_drift(bf16, base_dir).relative == pytest.approx(from_files.relative, rel=0.05)
 
 
-def test_pytorch_bin_checkpoint_and_module(base_dir, perturbed_dir, tmp_path):
+def test_a_pickled_checkpoint_is_refused_with_the_conversion_command(base_dir, perturbed_dir, tmp_path):
+    """Unpickling can run code: a .bin is never loaded, and the message says how to convert it."""
+
+    path, _ = perturbed_dir
+    torch.save(load_file(path / "model.safetensors"), tmp_path / "pytorch_model.bin")
+    with pytest.raises(UserError, match=r"pytorch_model.bin: eksft reads weights from safetensors files only.*"
+                                        r"use_safetensors=False\).save_pretrained"):  # fmt: skip
+        parameter_drift(tmp_path, base_dir)
+    with pytest.raises(UserError, match="safetensors files only"):
+        parameter_drift(tmp_path / "pytorch_model.bin", base_dir)
+
+
+def test_a_module_is_compared_like_its_files(base_dir, perturbed_dir):
     from transformers import AutoModelForCausalLM
 
     path, _ = perturbed_dir
-    expected = parameter_drift(path, base_dir).relative
-    torch.save(load_file(path / "model.safetensors"), tmp_path / "pytorch_model.bin")
-    assert parameter_drift(tmp_path, base_dir).relative == pytest.approx(expected, rel=1e-12)
     module = AutoModelForCausalLM.from_pretrained(path)  # its state dict has the tied lm_head too
-    assert parameter_drift(module, base_dir).relative == pytest.approx(expected, rel=1e-12)
+    assert parameter_drift(module, base_dir).relative == pytest.approx(parameter_drift(path, base_dir).relative, rel=1e-12)
 
 
 def test_sharded_checkpoint(base_dir, perturbed_dir, tmp_path):

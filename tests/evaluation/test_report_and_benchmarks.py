@@ -134,3 +134,18 @@ def test_missing_file_and_unknown_suffix(tmp_path):
     (tmp_path / "data.csv").write_text("problem,answer\n")
     with pytest.raises(UserError, match="unknown benchmark file type '.csv'"):
         bm.resolve(str(tmp_path / "data.csv"))
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['{"problem": "' + "x" * 5_000_000, json.dumps({"problem": "y" * 5_000_000, "x" * 5_000: 1})],
+    ids=["unterminated", "no-answer"],
+)
+def test_a_huge_line_is_named_but_not_echoed(tmp_path, line):
+    """A multi-megabyte line: the message names file and line, and stays short (no content, field names cut)."""
+    path = tmp_path / "big.jsonl"
+    path.write_text(json.dumps({"problem": "1 + 1?", "answer": "2"}) + "\n" + line + "\n")
+    with pytest.raises(UserError) as raised:
+        bm.load_benchmark(bm.resolve(str(path)))
+    message = str(raised.value)
+    assert f"{path}:2" in message and len(message) < 400 + len(str(path)), message

@@ -1,6 +1,8 @@
 """The eval loop without a model: resume after interruptions generates nothing twice; results only when complete."""
 
 import json
+import os
+import re
 
 import pytest
 
@@ -57,9 +59,11 @@ def expected_seeds(num_samples=3, seed=7):
 def test_complete_run_writes_samples_and_correct_metrics(tmp_path):
     generator = FakeGenerator()
     summary = run(tmp_path, generator)
-    records = read_samples(tmp_path / "toy" / "samples.jsonl")
+    lines = (tmp_path / "toy" / "samples.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
     assert len(records) == len(PROBLEMS) * 3 == len(generator.generated)
     assert set(records[0]) == {"problem_id", "sample", "text", "answer", "gold", "correct"}
+    assert read_samples(tmp_path / "toy" / "samples.jsonl") == [{k: v for k, v in r.items() if k != "text"} for r in records]
     for record in records:
         assert record["correct"] == (sample_seed(7, record["problem_id"], record["sample"]) % 3 != 0)
         assert record["answer"] == (record["gold"] if record["correct"] else None)
@@ -162,3 +166,38 @@ def test_a_changed_benchmark_is_not_mixed_with_old_samples(tmp_path):
     changed = [Problem(0, PROBLEMS[0].problem, "999"), *PROBLEMS[1:]]
     with pytest.raises(UserError, match="problem 0 has gold answer '2' on disk but '999'"):
         evaluate([bench(changed)], FakeGenerator().generate, lambda p: p, settings(), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda lines: lines + ["garbage\n"], r"samples.jsonl:13: not a sample record \(invalid JSON"),
+        (lambda lines: lines[:5] + [lines[3]] + lines[5:], r"samples.jsonl:6: problem 1 sample 0 is already on line 4"),
+        (lambda lines: [lines[0].replace('"sample": 0', '"sample": "0"')] + lines[1:],
+         r"samples.jsonl:1: field 'sample' must be an integer >= 0, got '0'"),
+        (lambda lines: [re.sub(r'"correct": \w+', '"correct": 1', lines[0])] + lines[1:],
+         r"samples.jsonl:1: field 'correct' must be true or false, got 1"),
+        (lambda lines: lines[:2] + [lines[2][:20] + "\n"] + lines[3:], r"samples.jsonl:3: not a sample record \(invalid JSON"),
+        (lambda lines: lines[:2] + ["\udcff\n"] + lines[2:], r"samples.jsonl:3: not a sample record \(not UTF-8 text"),
+    ],
+    ids=["whole-bad-last-line", "duplicate", "sample-type", "correct-type", "cut-line-inside", "not-utf8"],
+)
+def test_damage_a_kill_cannot_cause_is_an_error_and_changes_nothing(tmp_path, damage, message):
+    """Only bytes after the last newline come from a kill; anything else that is wrong is reported, not skipped."""
+    run(tmp_path, FakeGenerator())
+    samples = tmp_path / "toy" / "samples.jsonl"
+    samples.write_text("".join(damage(samples.read_text().splitlines(keepends=True))), errors="surrogateescape")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match=message):
+        run(tmp_path, FakeGenerator())
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission bits")
+def test_an_output_dir_without_write_permission_is_refused_before_anything_is_drawn(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    generator = FakeGenerator()
+    with pytest.raises(UserError, match=r"locked is not writable \(permission denied\)"):
+        run(locked / "out", generator)
+    assert generator.generated == [] and list(locked.iterdir()) == []

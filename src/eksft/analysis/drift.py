@@ -9,9 +9,10 @@ group's entries taken together (the Frobenius norm of the concatenated tensors),
 Groups: ``embeddings``, ``layer N`` (every parameter under ``...layers.N.``), ``final norm``, ``lm_head`` and
 ``other`` (whatever matches none of these, e.g. a vision tower).
 
-Weights are read tensor by tensor straight from the checkpoint files (``model.safetensors``, a sharded
-``model.safetensors.index.json``, or ``pytorch_model.bin`` and its index); no model is instantiated and at most
-one tensor of each model is in memory, so this works for checkpoints larger than RAM would allow as a model.
+Weights are read tensor by tensor straight from the checkpoint files (``model.safetensors`` or a sharded
+``model.safetensors.index.json``); no model is instantiated and at most one tensor of each model is in memory, so
+this works for checkpoints larger than RAM would allow as a model. Pickled checkpoints (``pytorch_model.bin``) are
+refused with the one-line command that converts them: unpickling a file can run any code it carries.
 Sums of squares are accumulated in float64 over chunks, whatever the stored dtype.
 """
 
@@ -29,7 +30,10 @@ import torch
 
 from ..errors import UserError
 
-__all__ = ["DriftReport", "GroupDrift", "WeightSource", "check_compatible", "group_of", "open_weights", "parameter_drift"]
+__all__ = [
+    "DriftReport", "GroupDrift", "WeightSource", "check_compatible", "find_weights", "group_of", "open_weights",
+    "parameter_drift", "pickle_refusal",
+]  # fmt: skip
 
 SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_FILE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -174,29 +178,6 @@ def _safetensors_source(files: dict[str, Path], description: str) -> WeightSourc
     return WeightSource(description, shapes, load, floating)
 
 
-def _bin_source(files: dict[str, Path], description: str) -> WeightSource:
-    cache: dict[Path, dict] = {}
-
-    def state_of(file: Path) -> dict:
-        if file not in cache:
-            cache.clear()  # keep one shard mapped at a time
-            try:
-                cache[file] = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as err:
-                raise UserError(f"{file}: not a readable PyTorch weights file ({err})") from None
-        return cache[file]
-
-    shapes, floating = {}, []
-    for name, file in files.items():
-        tensor = state_of(file).get(name)
-        if not isinstance(tensor, torch.Tensor):
-            raise UserError(f"{description}: {file.name} does not hold a tensor {name!r}")
-        shapes[name] = tuple(tensor.shape)
-        if tensor.is_floating_point():
-            floating.append(name)
-    return WeightSource(description, shapes, lambda name: state_of(files[name])[name], floating)
-
-
 def _index_files(index: Path) -> dict[str, Path]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
@@ -211,43 +192,49 @@ def _index_files(index: Path) -> dict[str, Path]:
     return files
 
 
-def _single_file_keys(file: Path, safetensors: bool) -> dict[str, Path]:
-    if safetensors:
-        from safetensors import safe_open
+def _single_file_keys(file: Path) -> dict[str, Path]:
+    from safetensors import safe_open
 
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                return dict.fromkeys(handle.keys(), file)
-        except Exception as err:
-            raise UserError(f"{file}: not a readable safetensors file ({err})") from None
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise UserError(f"{file}: not a readable PyTorch weights file ({err})") from None
-    if not isinstance(state, dict):
-        raise UserError(f"{file}: holds a {type(state).__name__}, not a state dict")
-    return dict.fromkeys(state, file)
+        with safe_open(str(file), framework="pt") as handle:
+            return dict.fromkeys(handle.keys(), file)
+    except Exception as err:  # safetensors raises its own error types for a corrupt header
+        raise UserError(f"{file}: not a readable safetensors file ({err})") from None
+
+
+def pickle_refusal(file: Path) -> UserError:
+    """The error for a pickled checkpoint, with the command that converts its directory to safetensors."""
+    directory = file.parent
+    return UserError(
+        f"{file}: eksft reads weights from safetensors files only (unpickling {file.name} could run any code in it). "
+        f"If you trust the file, convert it once: python -c \"from "
+        f"transformers import AutoModelForCausalLM as M; M.from_pretrained('{directory}', use_safetensors=False)"
+        f".save_pretrained('{directory}')\""
+    )
 
 
 def find_weights(path: str | os.PathLike) -> tuple[Path, str]:
-    """``(file, kind)`` with kind in safetensors / safetensors-index / bin / bin-index; a UserError otherwise."""
+    """``(file, kind)`` with kind ``safetensors`` or ``safetensors-index``; a UserError for anything else, naming what
+    is there (a pickled checkpoint is refused: see :func:`pickle_refusal`)."""
     path = Path(path).expanduser()
     if path.is_file():
-        if path.name.endswith(".index.json"):
-            return path, "safetensors-index" if ".safetensors" in path.name else "bin-index"
+        if path.name.endswith(".safetensors.index.json"):
+            return path, "safetensors-index"
         if path.suffix == ".safetensors":
             return path, "safetensors"
-        if path.suffix in (".bin", ".pt", ".pth"):
-            return path, "bin"
-        raise UserError(f"{path} is not a weights file (.safetensors, .bin or a *.index.json)")
+        if path.suffix in (".bin", ".pt", ".pth") or path.name.endswith(".bin.index.json"):
+            raise pickle_refusal(path)
+        raise UserError(f"{path} is not a weights file (.safetensors or a .safetensors.index.json)")
     if not path.exists():
         raise UserError(f"{path}: no such file or directory")
     if not path.is_dir():
         raise UserError(f"{path} is not a model directory")
-    for name, kind in ((SAFETENSORS_INDEX, "safetensors-index"), (SAFETENSORS_FILE, "safetensors"),
-                       (BIN_INDEX, "bin-index"), (BIN_FILE, "bin")):  # fmt: skip
+    for name, kind in ((SAFETENSORS_INDEX, "safetensors-index"), (SAFETENSORS_FILE, "safetensors")):
         if (path / name).is_file():
             return path / name, kind
+    for name in (BIN_INDEX, BIN_FILE):
+        if (path / name).is_file():
+            raise pickle_refusal(path / name)
     if (path / ADAPTER_CONFIG).is_file():
         raise UserError(
             f"{path} holds a PEFT adapter ({ADAPTER_CONFIG}) and no full model weights; merge the adapter into its "
@@ -255,10 +242,7 @@ def find_weights(path: str | os.PathLike) -> tuple[Path, str]:
             f"m = M.from_pretrained('{path}'); m.merge_and_unload().save_pretrained('{path}-merged')\" "
             f"(and copy the tokenizer files), then analyze {path}-merged"
         )
-    raise UserError(
-        f"{path} is not a Hugging Face model directory: it has no {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, "
-        f"{BIN_FILE} or {BIN_INDEX}"
-    )
+    raise UserError(f"{path} is not a Hugging Face model directory: it has no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}")
 
 
 def open_weights(source: str | os.PathLike | Mapping[str, torch.Tensor] | WeightSource) -> WeightSource:
@@ -270,14 +254,8 @@ def open_weights(source: str | os.PathLike | Mapping[str, torch.Tensor] | Weight
     if isinstance(source, Mapping):
         return WeightSource.from_state_dict(source)
     file, kind = find_weights(source)
-    description = str(Path(source).expanduser())
-    if kind.endswith("index"):
-        files = _index_files(file)
-    else:
-        files = _single_file_keys(file, kind == "safetensors")
-    if kind.startswith("safetensors"):
-        return _safetensors_source(files, description)
-    return _bin_source(files, description)
+    files = _index_files(file) if kind == "safetensors-index" else _single_file_keys(file)
+    return _safetensors_source(files, str(Path(source).expanduser()))
 
 
 def _squared_norms(weight: torch.Tensor, base: torch.Tensor) -> tuple[float, float]:
@@ -322,8 +300,18 @@ def _tie_lm_head(model: WeightSource, base: WeightSource) -> tuple[dict[str, str
     return names["model"], names["base"], tied
 
 
+def _vocabulary_sizes(model: WeightSource, base: WeightSource) -> tuple[int, int] | None:
+    """The two embedding row counts when both models have one embedding and the counts differ."""
+    names = _embedding_name(model), _embedding_name(base)
+    if None in names:
+        return None
+    sizes = model.shapes[names[0]][0], base.shapes[names[1]][0]
+    return sizes if sizes[0] != sizes[1] else None
+
+
 def check_compatible(model: WeightSource, base: WeightSource) -> tuple[dict[str, str], dict[str, str], bool]:
     """Raise a UserError naming the parameters whose names or shapes differ; else the name maps and ``tied``."""
+    hint = "give as --base the model this one was fine-tuned from"
     model_names, base_names, tied = _tie_lm_head(model, base)
     only_model, only_base = set(model_names) - set(base_names), set(base_names) - set(model_names)
     if only_model or only_base:
@@ -333,7 +321,11 @@ def check_compatible(model: WeightSource, base: WeightSource) -> tuple[dict[str,
         if only_base:
             parts.append(f"only in {base.description}: {_names_list(only_base)}")
         raise UserError("the model and the base hold different parameters (not the same architecture?); "
-                        + "; ".join(parts))  # fmt: skip
+                        + "; ".join(parts) + f"; {hint}")  # fmt: skip
+    vocabularies = _vocabulary_sizes(model, base)
+    if vocabularies:
+        raise UserError(f"the vocabularies differ: {vocabularies[0]} tokens in {model.description}, {vocabularies[1]} "
+                        f"in {base.description}, so neither drift nor KL(model || base) is defined; {hint}")  # fmt: skip
     mismatched = [
         f"{name} {model.shapes[model_names[name]]} vs {base.shapes[base_names[name]]}"
         for name in sorted(model_names)
@@ -341,7 +333,7 @@ def check_compatible(model: WeightSource, base: WeightSource) -> tuple[dict[str,
     ]
     if mismatched:
         raise UserError(f"parameter shapes differ between {model.description} and {base.description}: "
-                        + _names_list(mismatched))  # fmt: skip
+                        + _names_list(mismatched) + f"; {hint}")  # fmt: skip
     return model_names, base_names, tied
 
 

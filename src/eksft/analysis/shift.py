@@ -175,12 +175,21 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return dtypes[name]
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu", dtype: str = "auto") -> torch.nn.Module:
-    """A Hugging Face causal LM from a local directory, on ``device``, in eval mode; a UserError if it cannot load."""
+def load_model(path: str | os.PathLike, device: str = "cpu", dtype: str = "auto", *,
+               trust_remote_code: bool = False) -> torch.nn.Module:  # fmt: skip
+    """A Hugging Face causal LM from a local directory, on ``device``, in eval mode; a UserError if it cannot load.
+
+    Weights come from safetensors files only, and the model's own Python code runs only with ``trust_remote_code``:
+    a pickled checkpoint or remote code can run anything when loaded.
+    """
     from transformers import AutoModelForCausalLM
 
+    from .drift import find_weights
+
+    find_weights(path)  # a clear error (with the conversion command for a pickled checkpoint) before transformers'
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype, device))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype, device), use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)  # fmt: skip
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"{path}: cannot load a causal language model ({err})") from None
     return model.to(device).eval()

@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                         help="weights dtype for the shift (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--output-dir", required=True, metavar="DIR", help="where analysis.json, analysis.md and PNGs go")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists and is not empty")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUTPUT_DIR if it holds an earlier analysis (an analysis.json)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let models with custom architectures run their own Python code (off by default: only "
+                             "for models whose code you trust)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -98,11 +102,20 @@ def _unique_labels(specs: list[tuple[str | None, Path]], option: str) -> list[tu
 
 
 def _check_output_dir(path: Path, overwrite: bool) -> None:
-    if path.exists() or path.is_symlink():
-        if not path.is_dir():
-            raise UserError(f"--output-dir {path} exists and is not a directory")
-        if any(path.iterdir()) and not overwrite:
-            raise UserError(f"--output-dir {path} exists and is not empty; pass --overwrite to replace it")
+    """OUTPUT_DIR must be new, empty, or (with --overwrite) an earlier analysis: --overwrite replaces the directory
+    whole, so a directory of other files (a typo'd path, a home directory) is never taken."""
+    from ..evaluation.runner import check_writable
+
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"--output-dir {path} is a broken symbolic link; choose another --output-dir")
+    check_writable(path, "--output-dir")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(f"--output-dir {path} exists and is not empty; pass --overwrite to replace it")
+    if not (path / JSON_FILE).is_file():
+        raise UserError(f"--output-dir {path} is not an earlier output of eksft analyze (it has no {JSON_FILE}), so "
+                        "--overwrite will not replace it; choose another --output-dir")  # fmt: skip
 
 
 def _check_numbers(args) -> None:
@@ -132,45 +145,56 @@ def _resolve_device(name: str) -> str:
     return name
 
 
-def _load_tokenizer(dirs: list[Path]):
+def _load_tokenizer(dirs: list[Path], trust_remote_code: bool):
     from transformers import AutoTokenizer
 
     errors = []
     for directory in dirs:
         try:
-            return AutoTokenizer.from_pretrained(str(directory))
+            return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
         except (OSError, ValueError, KeyError, TypeError) as err:
             errors.append(f"{directory}: {err}")
     raise UserError("no tokenizer found to encode the held-out texts; " + "; ".join(errors))
 
 
 def _render_messages(tokenizer, messages, where: str) -> str:
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise UserError(f"{where}: 'messages' must be a list of {{role, content}} objects")
+    if not all(isinstance(m, dict) for m in messages):
+        raise UserError(f"{where}: 'messages' must be a list of {{role, content}} objects; fix or delete that line")
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(f"{where}: a 'messages' text needs a tokenizer with a chat template; give 'text' instead")
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
+def _text_of(record: dict, field: str | None, tokenizer, where: str) -> str:
+    """The text of one --texts record: its string field, or its messages rendered with the chat template."""
+    names = [field] if field else ["text", "messages"]
+    name = next((k for k in names if k in record), None)
+    if name is None:
+        fields = ", ".join(list(map(str, record))[:10]) or "none"
+        raise UserError(f"{where}: no field {' or '.join(repr(k) for k in names)} (fields: {fields}); "
+                        "choose one with --text-field")  # fmt: skip
+    value = record[name]
+    if isinstance(value, list):
+        text = _render_messages(tokenizer, value, where)
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise UserError(f"{where}: field {name!r} must be a string (or a list of {{role, content}} messages), got "
+                        f"{type(value).__name__}; fix or delete that line")  # fmt: skip
+    if not text.strip():
+        raise UserError(f"{where}: field {name!r} is empty; fix or delete that line")
+    return text
+
+
 def _read_texts(path: Path, field: str | None, tokenizer) -> list[str]:
-    from ..analysis.token_sets import read_jsonl
+    from ..analysis.token_sets import numbered_jsonl
 
     if not path.is_file():
         raise UserError(f"--texts {path}: no such file")
-    texts = []
-    for n, record in enumerate(read_jsonl(path), start=1):
-        where = f"{path} (record {n})"
-        names = [field] if field else ["text", "messages"]
-        name = next((k for k in names if k in record), None)
-        if name is None:
-            raise UserError(f"{where}: no field {' or '.join(repr(k) for k in names)} (fields: {', '.join(record)})")
-        value = record[name]
-        text = value if isinstance(value, str) else _render_messages(tokenizer, value, where)
-        if not text.strip():
-            raise UserError(f"{where}: the text is empty")
-        texts.append(text)
+    texts = [_text_of(record, field, tokenizer, f"{path}:{lineno}")
+             for lineno, record in numbered_jsonl(path, torn_tail_ok=False)]  # fmt: skip
     if not texts:
-        raise UserError(f"--texts {path} holds no texts")
+        raise UserError(f"--texts {path} holds no texts; give one JSON object per line with 'text' or 'messages'")
     return texts
 
 
@@ -188,7 +212,7 @@ def _demo_texts(n: int, seed: int, form: str, tokenizer) -> list[str]:
 def _read_eval_dir(path: Path) -> dict[str, list[tuple[int, float]]]:
     """``{benchmark: [(k, pass@k)] for k = 1..n}`` from the samples of an ``eksft eval`` output directory."""
     from ..analysis.plots import pass_at_k_curve
-    from ..analysis.token_sets import read_jsonl
+    from ..evaluation.runner import scan_samples
 
     if not path.is_dir():
         raise UserError(f"--eval-dir {path}: no such directory")
@@ -201,14 +225,11 @@ def _read_eval_dir(path: Path) -> dict[str, list[tuple[int, float]]]:
         try:
             num_samples = int(json.loads(results_file.read_text(encoding="utf-8"))["num_samples"])
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise UserError(f"{results_file}: cannot read num_samples ({err})") from None
+            raise UserError(f"{results_file}: cannot read num_samples ({err}); rerun eksft eval on {path}") from None
         by_problem: dict[object, dict[int, bool]] = {}
-        for n, record in enumerate(read_jsonl(samples), start=1):
-            try:
-                if int(record["sample"]) < num_samples:
-                    by_problem.setdefault(record["problem_id"], {}).setdefault(int(record["sample"]), bool(record["correct"]))
-            except (KeyError, TypeError, ValueError):
-                raise UserError(f"{samples} (record {n}): not a sample record (problem_id, sample, correct)") from None
+        for record in scan_samples(samples).records:
+            if record["sample"] < num_samples:
+                by_problem.setdefault(record["problem_id"], {})[record["sample"]] = record["correct"]
         if by_problem:
             curves[samples.parent.name] = pass_at_k_curve({p: list(c.values()) for p, c in by_problem.items()})
     if not curves:
@@ -295,6 +316,51 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _draw_plots(directory: Path, result: dict, drift_reports: dict, token_arrays: dict, run_records: dict,
+                eval_curves: dict) -> None:  # fmt: skip
+    """Write the PNGs into ``directory`` and list them in ``result["plots"]``."""
+    from ..analysis import plots
+    from ..analysis.token_sets import training_records
+
+    if drift_reports:
+        plots.plot_drift_per_layer(drift_reports, directory / PLOT_FILES["drift"])
+        result["plots"]["drift per layer"] = PLOT_FILES["drift"]
+    if token_arrays:
+        plots.plot_token_histograms(token_arrays, directory / PLOT_FILES["histograms"])
+        result["plots"]["entropy and KL histograms"] = PLOT_FILES["histograms"]
+    logged = {label: records for label, records in run_records.items() if training_records(records)}
+    if logged:
+        try:
+            plots.plot_training_curves(logged, directory / PLOT_FILES["training"])
+            result["plots"]["training curves"] = PLOT_FILES["training"]
+        except ValueError as err:  # runs that logged none of the plotted metrics
+            _say(f"no training-curve plot: {err}")
+    for bench in dict.fromkeys(b for curves in eval_curves.values() for b in curves):
+        name = f"pass_at_k_{bench}.png"
+        curves = {label: c[bench] for label, c in eval_curves.items() if bench in c}
+        plots.plot_pass_at_k(curves, directory / name, title=f"pass@k on {bench}")
+        result["plots"][f"pass@k {bench}"] = name
+
+
+def _write_into_place(output_dir: Path, overwrite: bool, write) -> None:
+    """Run ``write(tmp)`` on a hidden sibling of OUTPUT_DIR, then rename it into place, so that OUTPUT_DIR appears
+    complete or not at all; a failure to write (disk full, permissions) removes the sibling and is a UserError."""
+    tmp = None
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = fresh_sibling(output_dir, "tmp")
+        write(tmp)
+        _check_output_dir(output_dir, overwrite)  # something may have appeared there meanwhile
+        replace_directory(tmp, output_dir)
+    except BaseException as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise UserError(f"cannot write the analysis to {output_dir} ({err.strerror or err}); nothing was left "
+                            "there: make room or choose another --output-dir, and rerun") from None  # fmt: skip
+        raise
+
+
 # ---- the command --------------------------------------------------------------------------------------------------
 
 
@@ -339,7 +405,7 @@ def main(argv: list[str]) -> int:
 
             hf_logging.disable_progress_bar()
         device = _resolve_device(args.device)
-        tokenizer = _load_tokenizer([base, *(path for _, path in models)])
+        tokenizer = _load_tokenizer([base, *(path for _, path in models)], args.trust_remote_code)
         if args.texts:
             texts = _read_texts(Path(args.texts).expanduser(), args.text_field, tokenizer)
             text_source = f"`{args.texts}`"
@@ -368,8 +434,8 @@ def main(argv: list[str]) -> int:
 
             if base_model is None:
                 _say(f"    loading the base model on {device}")
-                base_model = load_model(base, device, args.dtype)
-            model = load_model(path, device, args.dtype)
+                base_model = load_model(base, device, args.dtype, trust_remote_code=args.trust_remote_code)
+            model = load_model(path, device, args.dtype, trust_remote_code=args.trust_remote_code)
             shift = distribution_shift(model, base_model, tokenizer, texts, args.batch_size, args.max_length,
                                        keep_tokens=True, progress=not args.no_progress,
                                        desc=f"{label}: shift")  # fmt: skip
@@ -392,37 +458,12 @@ def main(argv: list[str]) -> int:
         result["evals"].append({"label": label, "path": str(path.absolute()), "pass_at_k": eval_curves[label]})
 
     # 3. write everything into a hidden sibling, then rename it into place
-    from ..analysis import plots
+    def write(directory: Path) -> None:
+        _draw_plots(directory, result, drift_reports, token_arrays, run_records, eval_curves)
+        (directory / JSON_FILE).write_text(json.dumps(_finite_json(result), indent=2) + "\n", encoding="utf-8")
+        (directory / MARKDOWN_FILE).write_text(render_markdown(result), encoding="utf-8")
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fresh_sibling(output_dir, "tmp")
-    try:
-        if drift_reports:
-            plots.plot_drift_per_layer(drift_reports, tmp / PLOT_FILES["drift"])
-            result["plots"]["drift per layer"] = PLOT_FILES["drift"]
-        if token_arrays:
-            plots.plot_token_histograms(token_arrays, tmp / PLOT_FILES["histograms"])
-            result["plots"]["entropy and KL histograms"] = PLOT_FILES["histograms"]
-        logged = {label: records for label, records in run_records.items() if training_records(records)}
-        if logged:
-            try:
-                plots.plot_training_curves(logged, tmp / PLOT_FILES["training"])
-                result["plots"]["training curves"] = PLOT_FILES["training"]
-            except ValueError as err:  # runs that logged none of the plotted metrics
-                _say(f"no training-curve plot: {err}")
-        benchmarks = list(dict.fromkeys(b for curves in eval_curves.values() for b in curves))
-        for bench in benchmarks:
-            name = f"pass_at_k_{bench}.png"
-            curves = {label: c[bench] for label, c in eval_curves.items() if bench in c}
-            plots.plot_pass_at_k(curves, tmp / name, title=f"pass@k on {bench}")
-            result["plots"][f"pass@k {bench}"] = name
-        (tmp / JSON_FILE).write_text(json.dumps(_finite_json(result), indent=2) + "\n", encoding="utf-8")
-        (tmp / MARKDOWN_FILE).write_text(render_markdown(result), encoding="utf-8")
-        _check_output_dir(output_dir, args.overwrite)  # something may have appeared there meanwhile
-        replace_directory(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _write_into_place(output_dir, args.overwrite, write)
     _say(f"wrote {output_dir / MARKDOWN_FILE}, {JSON_FILE} and {len(result['plots'])} plot(s) to {output_dir}")
     return 0
 

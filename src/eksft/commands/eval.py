@@ -3,13 +3,15 @@
     eksft eval --model out/grpo --benchmark aime24 --benchmark math500 --num-samples 32 --k 1,8,32 --output-dir ev
     eksft eval --report ev/base ev/sft ev/grpo        # one table, one row per model
 
-Order of work: check every option, read every benchmark, load the tokenizer and check the output directory (all
-without writing anything), and only then load the model and sample. See ``eksft.evaluation.runner`` for the files.
+Order of work: check every option, read every benchmark, load the tokenizer, check the weight files and what the
+output directory holds (all without writing anything), and only then load the model and sample. See
+``eksft.evaluation.runner`` for the files and what an interrupted run leaves.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--system-prompt", default=None, help="optional system message")
     parser.add_argument("--no-chat-template", dest="chat_template", action="store_false",
                         help="send the filled template as plain text instead of through the tokenizer's chat template")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a model with a custom architecture run its own Python code (off by default: only "
+                             "for models whose code you trust)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--report", nargs="+", metavar="RESULTS",
                         help="print one table from finished runs (results.json files or their directories) and exit")
@@ -81,8 +86,8 @@ def parse_ks(text: str | None, num_samples: int) -> tuple[int, ...]:
 def _check_numbers(args) -> None:
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1; got {args.num_samples}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0; got {args.temperature}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UserError(f"--temperature must be a number >= 0 (0 = greedy); got {args.temperature}")
     if not 0 < args.top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1]; got {args.top_p}")
     for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size),
@@ -93,12 +98,47 @@ def _check_numbers(args) -> None:
         raise UserError(f"--prompt-template must contain {{problem}}; got {args.prompt_template!r}")
 
 
-# One of these must be there: transformers 5 otherwise builds an empty tokenizer for a directory without one
-def _report(paths: list[str]) -> int:
+def _report(args) -> int:
     from ..evaluation.report import load_results, render_table
 
-    print(render_table([load_results(path) for path in paths]), end="")
+    given = [flag for flag, value in (("--model", args.model), ("--benchmark", args.benchmark),
+                                      ("--output-dir", args.output_dir)) if value]  # fmt: skip
+    if given:
+        raise UserError(f"--report prints a table from finished runs and samples nothing; drop {', '.join(given)} "
+                        "(or drop --report to evaluate)")  # fmt: skip
+    print(render_table([load_results(path) for path in args.report]), end="")
     return 0
+
+
+def _check_weights(model: str) -> None:
+    """A local model must hold safetensors weights (a hub id is held to that by ``use_safetensors=True``): a
+    pickled checkpoint is refused with the command that converts it."""
+    from ..analysis.drift import find_weights
+
+    if Path(model).is_dir():
+        find_weights(model)
+
+
+def _load_and_evaluate(args, benchmarks, tokenizer, settings, runs) -> dict:
+    """Load the model and run the evaluation; on Ctrl-C say where the samples are and how to resume."""
+    from ..evaluation.generation import SamplingSettings, make_generator
+    from ..evaluation.runner import evaluate, format_prompt
+
+    sampling = SamplingSettings(args.temperature, args.top_p, args.max_new_tokens)
+    try:
+        generator = make_generator(args.backend, settings.model, tokenizer, sampling, dtype=args.dtype,
+                                   trust_remote_code=args.trust_remote_code)  # fmt: skip
+    except (OSError, ValueError) as err:
+        raise UserError(f"--model {args.model}: cannot load the model weights: {err}") from None
+    try:
+        return evaluate(
+            benchmarks, generator.generate, lambda problem: format_prompt(tokenizer, problem, settings), settings,
+            args.output_dir, progress=not args.no_progress, checked=runs,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print(f"eksft eval: the samples drawn so far are kept in {args.output_dir}; rerun the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        raise
 
 
 def main(argv: list[str]) -> int:
@@ -107,7 +147,7 @@ def main(argv: list[str]) -> int:
     except SystemExit as exit_:  # argparse exits on --help and on bad usage
         return exit_.code if isinstance(exit_.code, int) else 2
     if args.report:
-        return _report(args.report)
+        return _report(args)
     for flag, value in (("--model", args.model), ("--benchmark", args.benchmark), ("--output-dir", args.output_dir)):
         if not value:
             raise UserError(f"{flag} is required (or use --report to print a table from finished runs)")
@@ -115,34 +155,26 @@ def main(argv: list[str]) -> int:
     ks = parse_ks(args.k, args.num_samples)
 
     from ..evaluation.benchmarks import load_benchmark, resolve
-    from ..evaluation.generation import SamplingSettings, make_generator, vllm_available
-    from ..evaluation.runner import EvalSettings, check_output, evaluate, format_prompt
+    from ..evaluation.generation import vllm_available
+    from ..evaluation.runner import EvalSettings, check_output
 
     if args.backend == "vllm" and not vllm_available():
         raise UserError("--backend vllm: vLLM is not installed (pip install 'eksft[vllm]'); or use --backend hf")
     benchmarks = [load_benchmark(resolve(name, args.problem_field, args.answer_field), args.limit)
                   for name in args.benchmark]  # fmt: skip
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_tokenizer(args.model, trust_flag="--trust-remote-code", trust_remote_code=args.trust_remote_code)
+    model = str(Path(args.model).expanduser().resolve()) if Path(args.model).expanduser().is_dir() else args.model
+    _check_weights(model)
     if args.chat_template and not tokenizer.chat_template:
         raise UserError(f"the tokenizer of {args.model} has no chat template; pass --no-chat-template")
-    model = str(Path(args.model).expanduser().resolve()) if Path(args.model).expanduser().is_dir() else args.model
     settings = EvalSettings(
         model=model, num_samples=args.num_samples, ks=ks, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, seed=args.seed, prompt_template=args.prompt_template,
         system_prompt=args.system_prompt, chat_template=args.chat_template, batch_size=args.batch_size,
         backend=args.backend,
     )  # fmt: skip
-    check_output(benchmarks, settings, args.output_dir)  # before the (slow) model load
-
-    sampling = SamplingSettings(args.temperature, args.top_p, args.max_new_tokens)
-    try:
-        generator = make_generator(args.backend, model, tokenizer, sampling, dtype=args.dtype)
-    except OSError as err:
-        raise UserError(f"cannot load the model weights of {args.model}: {err}") from None
-    summary = evaluate(
-        benchmarks, generator.generate, lambda problem: format_prompt(tokenizer, problem, settings), settings,
-        args.output_dir, progress=not args.no_progress,
-    )  # fmt: skip
+    runs = check_output(benchmarks, settings, args.output_dir)  # before the (slow) model load
+    summary = _load_and_evaluate(args, benchmarks, tokenizer, settings, runs)
     out = Path(args.output_dir)
     print((out / "results.md").read_text(encoding="utf-8"), end="")
     print(f"results: {out / 'results.json'}  samples: {os.path.join(str(out), '<benchmark>', 'samples.jsonl')}",

@@ -97,16 +97,21 @@ def resolve(name: str, problem_field: str | None = None, answer_field: str | Non
 def _read_local(path: Path) -> list[tuple[str, dict]]:
     """Rows of a local file, each with where it is (``file:line`` for JSON Lines, ``file row N`` otherwise)."""
     if path.suffix.lower() == ".jsonl":
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise UserError(f"benchmark file {path}: cannot read it ({err.strerror or err})") from None
         rows = []
-        for lineno, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        for lineno, line in enumerate(data.split(b"\n"), start=1):
             if not line.strip():
                 continue
             try:
                 rows.append((f"{path}:{lineno}", json.loads(line.decode("utf-8"))))
             except UnicodeDecodeError:
-                raise UserError(f"{path}:{lineno}: this line is not UTF-8 text") from None
+                raise UserError(f"{path}:{lineno}: this line is not UTF-8 text; save the file as UTF-8") from None
             except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: invalid JSON line: {err.msg} (column {err.colno})") from None
+                raise UserError(f"{path}:{lineno}: invalid JSON line: {err.msg} (column {err.colno}); fix or delete "
+                                "that line") from None  # fmt: skip
         return rows
     from ..data import read_rows
 
@@ -137,25 +142,37 @@ def gold_text(value) -> str:
     return str(value).strip()
 
 
+def _field_names(row: dict, limit: int = 10) -> str:
+    """The row's field names for a message, a few and each cut short (a huge row must not flood the terminal)."""
+    names = [name if len(name) <= 40 else name[:37] + "..." for name in map(str, list(row)[:limit])]
+    return ", ".join(names) + (f" and {len(row) - limit} more" if len(row) > limit else "") or "none"
+
+
+def _problem(index: int, where: str, row, spec: BenchmarkSpec) -> Problem:
+    """One checked problem: both fields present and non-empty, the problem a string, the answer a string or number."""
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for role, field in (("problem", spec.problem_field), ("answer", spec.answer_field)):
+        value = row.get(field)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            what = "is empty" if field in row else f"has no field {field!r}"
+            raise UserError(f"{where}: this row {what} (the {role} field of benchmark {spec.name}; fields present: "
+                            f"{_field_names(row)}); choose another with --{role}-field")  # fmt: skip
+    problem, answer = row[spec.problem_field], row[spec.answer_field]
+    if not isinstance(problem, str):
+        raise UserError(f"{where}: field {spec.problem_field!r} must be a string, got {type(problem).__name__}; "
+                        "fix the row or choose another with --problem-field")  # fmt: skip
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise UserError(f"{where}: field {spec.answer_field!r} must be a string or a number, got "
+                        f"{type(answer).__name__}; fix the row or choose another with --answer-field")  # fmt: skip
+    return Problem(index, problem, gold_text(answer))
+
+
 def load_benchmark(spec: BenchmarkSpec, limit: int | None = None) -> Benchmark:
-    """Read the benchmark (the first ``limit`` problems when given); a row without a field is a ``UserError``."""
+    """Read the benchmark (the first ``limit`` problems when given); a bad row is a ``UserError`` naming it."""
     path = Path(spec.source).expanduser()
     rows = _read_local(path) if path.is_file() else _read_hub(spec)
     if not rows:
-        raise UserError(f"benchmark {spec.name}: {spec.source} holds no rows")
-    problems = []
-    for index, (where, row) in enumerate(rows[:limit] if limit else rows):
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        for role, field in (("problem", spec.problem_field), ("answer", spec.answer_field)):
-            value = row.get(field)
-            if value is None or (isinstance(value, str) and not value.strip()):
-                what = "is empty" if field in row else f"has no field {field!r}"
-                raise UserError(
-                    f"{where}: this row {what} (the {role} field of benchmark {spec.name}; fields present: "
-                    f"{', '.join(map(str, row)) or 'none'}); choose another with --{role}-field"
-                )
-        if not isinstance(row[spec.problem_field], str):
-            raise UserError(f"{where}: field {spec.problem_field!r} must be a string, got {type(row[spec.problem_field]).__name__}")
-        problems.append(Problem(index, row[spec.problem_field], gold_text(row[spec.answer_field])))
-    return Benchmark(spec, problems)
+        raise UserError(f"benchmark {spec.name}: {spec.source} holds no rows; give a file with one JSON object per "
+                        f"line, with fields {spec.problem_field!r} and {spec.answer_field!r}")  # fmt: skip
+    return Benchmark(spec, [_problem(i, where, row, spec) for i, (where, row) in enumerate(rows[:limit] if limit else rows)])

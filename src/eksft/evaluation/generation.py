@@ -4,16 +4,22 @@ Both take fully formatted prompt texts (the chat template already applied) and a
 completion text per prompt, in order, with special tokens removed (``<think>``/``</think>`` are ordinary added tokens
 in Qwen3, so they stay and the grader can find the text after them).
 
-Seeds: vLLM honours one seed per request, so each (problem, sample) pair is reproducible on its own. Hugging Face
-``generate`` draws a whole batch from one generator, seeded with the batch's first seed: a rerun with the same
-batches gives the same texts, but a resumed run (whose batches differ) does not repeat an interrupted one exactly.
+Seeds: each (problem, sample) pair gets its own seed, and its text depends only on that seed, not on which other
+samples shared its batch, so a resumed run repeats exactly what an uninterrupted one would have drawn. vLLM honours
+one seed per request. Hugging Face ``generate`` draws a whole batch from the global generator, so the final draw is
+done here instead, one generator per row (see ``PerSampleSampler``). What can still differ is floating point: a
+batch of another shape can change a logit in its last bits, which in float32 practically never moves a draw, and in
+bfloat16 on a GPU rarely does.
+
+Weights are read from safetensors files only, and a model's own Python code runs only when asked for
+(``trust_remote_code``): a pickle (``pytorch_model.bin``) or remote code can run anything when loaded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HFGenerator", "SamplingSettings", "VLLMGenerator", "make_generator", "vllm_available"]
+__all__ = ["HFGenerator", "PerSampleSampler", "SamplingSettings", "VLLMGenerator", "make_generator", "vllm_available"]
 
 
 @dataclass(frozen=True)
@@ -37,20 +43,64 @@ def _dtype(name: str, cuda: bool):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+class PerSampleSampler:
+    """A logits processor that samples each row's next token with that row's own generator.
+
+    It applies the temperature and top-p (as transformers' warpers do: the smallest set of most likely tokens whose
+    mass reaches ``top_p``), draws one uniform number per row from a CPU generator seeded with the row's seed, picks
+    the token by inverse CDF, and returns scores that leave only that token possible. ``generate`` runs it with
+    ``do_sample=True`` and neutral warpers, so its own batch-wide draw has a single choice per row.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float) -> None:
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        ordered, order = (scores.float() / self.temperature).sort(dim=-1)  # [B, V], most likely token last
+        probs = ordered.softmax(dim=-1)
+        if self.top_p < 1.0:  # the last token always stays: its cumulative mass is 1 > 1 - top_p
+            probs = probs.masked_fill(probs.cumsum(dim=-1) <= 1.0 - self.top_p, 0.0)
+        cdf = probs.cumsum(dim=-1)
+        uniform = torch.cat([torch.rand(1, generator=g) for g in self.generators]).to(scores.device)  # [B]
+        # the first token whose cdf exceeds u * mass; rounding past the end falls on the most likely token
+        pick = torch.searchsorted(cdf, uniform.unsqueeze(-1) * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
+        tokens = order.gather(-1, pick)  # [B, 1]
+        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
+
+
 class HFGenerator:
     """Batched sampling with ``model.generate``; prompts are left-padded so every row ends where generation starts."""
 
     def __init__(self, model_dir: str, tokenizer, settings: SamplingSettings, device: str | None = None,
-                 dtype: str = "auto") -> None:  # fmt: skip
+                 dtype: str = "auto", trust_remote_code: bool = False) -> None:  # fmt: skip
         import torch
         from transformers import AutoModelForCausalLM
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_dtype(dtype, self.device.startswith("cuda")))
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=_dtype(dtype, self.device.startswith("cuda")), use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
         self.model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.settings = settings
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def _sampling(self, seeds: list[int]) -> dict:
+        """``generate`` arguments: greedy at temperature 0, else per-row draws (top_k=0 switches off a top-k the
+        model's generation_config may set: Qwen3 ships 20, and vLLM uses none)."""
+        from transformers import LogitsProcessorList
+
+        if self.settings.temperature == 0:
+            return {"do_sample": False}
+        sampler = PerSampleSampler(seeds, self.settings.temperature, self.settings.top_p)
+        return {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
+                "logits_processor": LogitsProcessorList([sampler])}  # fmt: skip
 
     def generate(self, prompts: list[str], seeds: list[int]) -> list[str]:
         import torch
@@ -58,15 +108,10 @@ class HFGenerator:
         self.tokenizer.padding_side = "left"
         # the chat template already wrote any BOS token into the text
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        sample = self.settings.temperature > 0
-        # top_k=0 switches off a top-k the model's generation_config may set (Qwen3 ships 20); vLLM uses none either
-        sampling = {"temperature": self.settings.temperature, "top_p": self.settings.top_p, "top_k": 0} if sample else {}
-        torch.manual_seed(seeds[0])
         with torch.inference_mode():
             output = self.model.generate(
-                **batch, do_sample=sample, max_new_tokens=self.settings.max_new_tokens, pad_token_id=self.pad_id,
-                **sampling,
-            )  # fmt: skip
+                **batch, max_new_tokens=self.settings.max_new_tokens, pad_token_id=self.pad_id, **self._sampling(seeds)
+            )
         new_tokens = output[:, batch["input_ids"].shape[1] :]  # [batch, generated]
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
@@ -75,11 +120,13 @@ class VLLMGenerator:
     """The same outputs from vLLM; one request per prompt, each with its own seed."""
 
     def __init__(self, model_dir: str, tokenizer, settings: SamplingSettings, dtype: str = "auto",
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9) -> None:  # fmt: skip
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
+                 trust_remote_code: bool = False) -> None:  # fmt: skip
         from vllm import LLM
 
         self.llm = LLM(model=model_dir, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                       gpu_memory_utilization=gpu_memory_utilization)  # fmt: skip
+                       gpu_memory_utilization=gpu_memory_utilization, load_format="safetensors",
+                       trust_remote_code=trust_remote_code)  # fmt: skip
         self.tokenizer = tokenizer
         self.settings = settings
 
@@ -97,9 +144,10 @@ class VLLMGenerator:
         return [output.outputs[0].text for output in outputs]
 
 
-def make_generator(backend: str, model_dir: str, tokenizer, settings: SamplingSettings, dtype: str = "auto"):
+def make_generator(backend: str, model_dir: str, tokenizer, settings: SamplingSettings, dtype: str = "auto",
+                   trust_remote_code: bool = False):  # fmt: skip
     if backend == "hf":
-        return HFGenerator(model_dir, tokenizer, settings, dtype=dtype)
+        return HFGenerator(model_dir, tokenizer, settings, dtype=dtype, trust_remote_code=trust_remote_code)
     if backend == "vllm":
-        return VLLMGenerator(model_dir, tokenizer, settings, dtype=dtype)
+        return VLLMGenerator(model_dir, tokenizer, settings, dtype=dtype, trust_remote_code=trust_remote_code)
     raise ValueError(f"unknown backend {backend!r}")

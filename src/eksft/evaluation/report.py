@@ -71,18 +71,23 @@ def render_table(summaries: list[dict]) -> str:
 
 
 def load_results(path: str | Path) -> dict:
-    """A complete ``results.json`` (or the directory holding one)."""
+    """A complete ``results.json`` (or the directory holding one); anything else is a UserError naming the file."""
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
     if not path.is_file():
         raise UserError(f"no results file {path} (an eval run writes it only when every sample is done)")
+    what = "give the results.json of a finished eksft eval run, or its output directory"
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not a results file: {err}") from None
+        summary = json.loads(path.read_bytes())
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a results file (not UTF-8 text); {what}") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not a results file (invalid JSON: {err.msg} at line {err.lineno}); {what}") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read it ({err.strerror or err})") from None
     if not isinstance(summary, dict) or not isinstance(summary.get("benchmarks"), dict):
-        raise UserError(f"{path}: not a results file of eksft eval (no 'benchmarks')")
+        raise UserError(f"{path}: not a results file of eksft eval (no 'benchmarks'); {what}")
     if summary.get("complete") is not True:
         raise UserError(f"{path}: the run is not complete; rerun the same eksft eval command to finish it")
     return summary

@@ -10,21 +10,31 @@ Layout of an output directory::
 Nothing is lost: each batch of samples is appended to ``samples.jsonl`` (``problem_id``, ``sample``, ``text``,
 ``answer`` extracted, ``gold``, ``correct``) and flushed to disk (``fsync``) before the next batch starts. A rerun
 with the same output directory reads what is there and generates only the missing (problem, sample) pairs, so a
-larger ``--num-samples`` or ``--limit`` extends a finished run. A process killed mid-write leaves a last line
-without its newline: it is cut off and that sample is generated again. The rerun must use the same model and
-sampling settings (``run.json``); mixing samples drawn differently would make the metrics meaningless.
+larger ``--num-samples`` or ``--limit`` extends a finished run. The rerun must use the same model and sampling
+settings (``run.json``); mixing samples drawn differently would make the metrics meaningless.
 
-Results are written with write-to-temporary + rename, and stale ones are deleted before any new sample is drawn, so
-a results file that exists always describes a finished run.
+What a kill at any moment can leave, and what the next run does with it:
+
+* a line is a record once its newline is on disk: bytes after the last newline are the torn write of a killed run,
+  ignored when reading and cut off before the next append, so a bad line can never end up inside the file; a bad
+  line that is followed by a newline is damage, and an error naming the file and line;
+* a batch whose write fails (disk full, Ctrl-C) is cut back off, so the file holds whole batches;
+* each (problem, sample) is drawn once: the rerun draws the pairs missing from the file, in the same order, with
+  the same per-sample seeds, so an interrupted and resumed run ends with the bytes an uninterrupted one writes;
+* results are written to a temporary file and renamed, and stale ones are deleted before any new sample is drawn,
+  so a results file that exists always describes a finished run. A temporary file left by a kill is removed by the
+  next run: every writer holds an advisory lock on the directory (``flock``) while its temporary file exists, so one
+  seen under the lock is stale. The lock also refuses a second run on the same benchmark directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,10 +45,19 @@ from .benchmarks import Benchmark
 from .metrics import pass_at_k_table
 from .report import average_metrics, render_table
 
-__all__ = ["DEFAULT_PROMPT_TEMPLATE", "EvalSettings", "check_output", "evaluate", "format_prompt", "read_samples", "run_benchmark"]
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; keeping one run per output directory is then up to the user
+    fcntl = None
+
+__all__ = [
+    "DEFAULT_PROMPT_TEMPLATE", "EvalSettings", "SampleScan", "check_output", "check_writable", "evaluate",
+    "format_prompt", "read_samples", "run_identity", "scan_samples",
+]  # fmt: skip
 
 DEFAULT_PROMPT_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
 SAMPLES_FILE, RUN_FILE, RESULTS_FILE, TABLE_FILE = "samples.jsonl", "run.json", "results.json", "results.md"
+_DAMAGED = "the file is damaged: delete that line (its sample is drawn again) and rerun"
 
 
 @dataclass(frozen=True)
@@ -63,6 +82,13 @@ class EvalSettings:
         return {key: getattr(self, key) for key in keys}
 
 
+def run_identity(benchmark: Benchmark, settings: EvalSettings) -> dict:
+    """What ``run.json`` records: the sampling identity and where the problems came from."""
+    spec = benchmark.spec
+    return {**settings.sampling_identity(), "benchmark": spec.name, "source": spec.source, "split": spec.split,
+            "problem_field": spec.problem_field, "answer_field": spec.answer_field}  # fmt: skip
+
+
 def format_prompt(tokenizer, problem: str, settings: EvalSettings) -> str:
     """The prompt text: the template filled with the problem, inside the chat template unless that is switched off."""
     user = settings.prompt_template.replace("{problem}", problem)
@@ -78,151 +104,313 @@ def sample_seed(seed: int, problem_id: int, sample: int) -> int:
     return zlib.crc32(f"{seed}/{problem_id}/{sample}".encode())
 
 
-# ---- files --------------------------------------------------------------------------------------------------------
+# ---- reading what is on disk (nothing here writes) ----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SampleScan:
+    """What ``samples.jsonl`` holds: its records (without their texts, which can be large), the byte length of its
+    whole lines (``end``; bytes past it are the torn write of a killed run) and the file's size and mtime."""
+
+    records: list[dict]
+    end: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_record(record, where: str) -> dict:
+    """The record without its text, after checking the fields a resume and the metrics rely on."""
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: not a sample record (a JSON {type(record).__name__}); {_DAMAGED}")
+    for name, kind in (("problem_id", "an integer >= 0"), ("sample", "an integer >= 0"), ("correct", "true or false")):
+        if name not in record:
+            raise UserError(f"{where}: the record has no field {name!r}; {_DAMAGED}")
+        value = record[name]
+        valid = isinstance(value, bool) if name == "correct" else type(value) is int and value >= 0
+        if not valid:
+            raise UserError(f"{where}: field {name!r} must be {kind}, got {_short(value)}; {_DAMAGED}")
+    return {key: value for key, value in record.items() if key != "text"}
+
+
+def _parse_line(line: bytes, where: str):
+    try:
+        return json.loads(line)
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: not a sample record (not UTF-8 text); {_DAMAGED}") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where}: not a sample record (invalid JSON: {err.msg}, column {err.colno}); "
+                        f"{_DAMAGED}") from None  # fmt: skip
+
+
+def scan_samples(path: Path) -> SampleScan:
+    """Read ``samples.jsonl`` without changing it (see the module docstring for what a kill can leave).
+
+    Every whole line must be a sample record and each (problem, sample) may appear once; anything else is a
+    UserError naming the file, line and field.
+    """
+    try:
+        data, stat = path.read_bytes(), path.stat()
+    except FileNotFoundError:
+        return SampleScan([])
+    except OSError as err:
+        raise UserError(f"{path}: cannot read it ({err.strerror or err}); check its permissions") from None
+    end = data.rfind(b"\n") + 1
+    records, seen = [], {}
+    for lineno, line in enumerate(data[:end].split(b"\n")[:-1], start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        record = _check_record(_parse_line(line, where), where)
+        key = (record["problem_id"], record["sample"])
+        if key in seen:
+            raise UserError(f"{where}: problem {key[0]} sample {key[1]} is already on line {seen[key]} (two runs "
+                            "appended to one file?); delete one of the two lines and rerun")  # fmt: skip
+        seen[key] = lineno
+        records.append(record)
+    return SampleScan(records, end, len(data), stat.st_mtime_ns)
 
 
 def read_samples(path: Path) -> list[dict]:
-    """The sample records in ``path``; a last line cut off by a kill (no newline, or not JSON) is removed from the file."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    keep = len(data) - len(lines[-1])  # bytes up to the last newline; what follows it was never finished
-    records = []
-    for lineno, line in enumerate(lines[:-1], start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            ok = isinstance(record, dict) and {"problem_id", "sample", "correct"} <= record.keys()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            ok = False
-        if not ok:
-            if lineno == len(lines) - 1:  # the last full line: a write interrupted before it was complete
-                keep -= len(line) + 1
-                break
-            raise UserError(f"{path}:{lineno}: not a sample record; delete this line (or the file) and rerun")
-        records.append(record)
-    if keep < len(data):
-        print(f"{path}: ignoring an unfinished last line ({len(data) - keep} bytes) from an interrupted run",
-              file=sys.stderr)  # fmt: skip
-        with path.open("r+b") as handle:
-            handle.truncate(keep)
-    return records
+    """The sample records of a ``samples.jsonl`` (without texts), read-only; see :func:`scan_samples`."""
+    return scan_samples(path).records
+
+
+def _check_golds(scan: SampleScan, benchmark: Benchmark, path: Path) -> None:
+    """The data behind a problem id must not have changed since its samples were drawn (a hub dataset can be
+    updated, a local file edited)."""
+    problems = {p.id: p for p in benchmark.problems}
+    for record in scan.records:
+        pid = record["problem_id"]
+        if pid in problems and record.get("gold", problems[pid].answer) != problems[pid].answer:
+            raise UserError(f"{path}: problem {pid} has gold answer {_short(record['gold'])} on disk but "
+                            f"{_short(problems[pid].answer)} in {benchmark.spec.source} now; use another "
+                            "--output-dir")  # fmt: skip
 
 
 def _check_run_file(directory: Path, identity: dict) -> bool:
     """Whether ``directory`` may take samples drawn as ``identity`` says; True when its run file is still to write."""
     path = directory / RUN_FILE
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"{path} is damaged; delete {directory} to start this benchmark afresh") from None
-        changed = [key for key in identity if previous.get(key) != identity[key]]
-        if changed:
-            details = "; ".join(f"{key}: {previous.get(key)!r} on disk, {identity[key]!r} now" for key in changed)
-            raise UserError(
-                f"{directory} holds samples drawn with other settings ({details}); use another --output-dir, "
-                "or the same settings to resume"
-            )
-        return False
-    if (directory / SAMPLES_FILE).exists():
-        raise UserError(f"{directory / SAMPLES_FILE} exists without {RUN_FILE}; use another --output-dir")
-    return True
+    if not path.exists():
+        if (directory / SAMPLES_FILE).exists():
+            raise UserError(f"{directory / SAMPLES_FILE} exists without {RUN_FILE}, so nothing says how its samples "
+                            "were drawn; use another --output-dir")  # fmt: skip
+        return True
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        previous = None
+    if not isinstance(previous, dict):
+        raise UserError(f"{path} is damaged; delete {directory} to start this benchmark afresh")
+    changed = [key for key in identity if previous.get(key) != identity[key]]
+    if changed:
+        details = "; ".join(f"{key}: {_short(previous.get(key))} on disk, {_short(identity[key])} now" for key in changed)
+        raise UserError(f"{directory} holds samples drawn with other settings ({details}); use another --output-dir, "
+                        "or the same settings to resume")  # fmt: skip
+    return False
 
 
-# ---- the loop -----------------------------------------------------------------------------------------------------
+def check_writable(path: Path, flag: str) -> None:
+    """Fail now, not after hours of work, when ``path`` cannot become a directory to write into: a file in the way,
+    or a parent without write permission (checked with ``os.access``, which root always passes)."""
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} exists and is not a directory; choose another {flag}")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, not a directory, so nothing can be written under it; "
+                        f"choose another {flag}")  # fmt: skip
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {existing} is not writable (permission denied); choose another {flag} or "
+                        "make it writable")  # fmt: skip
 
 
-def _todo(benchmark: Benchmark, num_samples: int, done: set[tuple[int, int]]) -> list[tuple[int, int]]:
-    return [(p.id, s) for p in benchmark.problems for s in range(num_samples) if (p.id, s) not in done]
+@dataclass(frozen=True)
+class Run:
+    """One benchmark's directory, checked: what ``run.json`` must say, and what ``samples.jsonl`` holds."""
+
+    benchmark: Benchmark
+    directory: Path
+    identity: dict
+    scan: SampleScan
 
 
-def run_benchmark(
-    benchmark: Benchmark,
-    generate: Callable[[list[str], list[int]], list[str]],
-    prompt_of: Callable[[str], str],
-    settings: EvalSettings,
-    directory: Path,
-    progress: bool = True,
-) -> dict:
-    """Generate what is missing in ``directory``, then write and return this benchmark's results."""
-    from tqdm.auto import tqdm
-
-    samples_path = directory / SAMPLES_FILE
-    records = read_samples(samples_path)
-    done = {(r["problem_id"], r["sample"]) for r in records}
-    todo = _todo(benchmark, settings.num_samples, done)
-    problems = {p.id: p for p in benchmark.problems}
-    for record in records:  # the data behind a problem id must not have changed (a hub dataset can be updated)
-        pid = record["problem_id"]
-        if pid in problems and record.get("gold", problems[pid].answer) != problems[pid].answer:
-            raise UserError(f"{samples_path}: problem {pid} has gold answer {record['gold']!r} on disk but "
-                            f"{problems[pid].answer!r} in {benchmark.spec.source} now; use another --output-dir")  # fmt: skip
-    if todo:
-        (directory / RESULTS_FILE).unlink(missing_ok=True)  # it would describe fewer samples than asked for now
-    if done and progress:
-        print(f"{benchmark.name}: resuming, {len(done)} samples on disk, {len(todo)} to generate", file=sys.stderr)
-    prompts: dict[int, str] = {}
-    bar = tqdm(total=len(todo), desc=f"{benchmark.name}: sampling", unit="sample", disable=not progress,
-               dynamic_ncols=True)  # fmt: skip
-    with samples_path.open("a", encoding="utf-8") as out, bar:
-        for start in range(0, len(todo), settings.batch_size):
-            batch = todo[start : start + settings.batch_size]
-            for pid, _ in batch:
-                if pid not in prompts:
-                    prompts[pid] = prompt_of(problems[pid].problem)
-            texts = generate([prompts[pid] for pid, _ in batch], [sample_seed(settings.seed, pid, s) for pid, s in batch])
-            golds = [problems[pid].answer for pid, _ in batch]
-            correct = grade_batch(texts, golds)
-            new = [
-                {"problem_id": pid, "sample": s, "text": text, "answer": extract_answer(text), "gold": gold,
-                 "correct": ok}
-                for (pid, s), text, gold, ok in zip(batch, texts, golds, correct, strict=True)
-            ]  # fmt: skip
-            out.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in new))
-            out.flush()
-            os.fsync(out.fileno())
-            records += new
-            bar.update(len(batch))
-
-    by_problem: dict[int, dict[int, bool]] = {p.id: {} for p in benchmark.problems}
-    for record in records:
-        if record["problem_id"] in by_problem and record["sample"] < settings.num_samples:
-            by_problem[record["problem_id"]].setdefault(record["sample"], bool(record["correct"]))
-    table = pass_at_k_table({pid: list(c.values()) for pid, c in by_problem.items()}, settings.ks)
-    n = settings.num_samples
-    metrics = {f"avg@{n}": table.pop("avg@n"), **table}
-    spec = benchmark.spec
-    result = {
-        "benchmark": spec.name, "source": spec.source, "split": spec.split, "problem_field": spec.problem_field,
-        "answer_field": spec.answer_field, "num_problems": len(benchmark.problems), "num_samples": n,
-        "num_correct": sum(sum(c.values()) for c in by_problem.values()), "metrics": metrics, "complete": True,
-    }  # fmt: skip
-    write_text_atomic(directory / RESULTS_FILE, json.dumps(result, indent=2) + "\n")
-    return result
-
-
-def check_output(benchmarks: list[Benchmark], settings: EvalSettings, output_dir: str | os.PathLike):
-    """Every check that needs no model, before anything is written: ``(directory, run identity, is new)`` each."""
+def check_output(benchmarks: list[Benchmark], settings: EvalSettings, output_dir: str | os.PathLike) -> list[Run]:
+    """Every check that needs no model, before anything is written: options, the directories, and what they hold."""
     output_dir = Path(output_dir)
     if len({b.name for b in benchmarks}) != len(benchmarks):
         raise UserError(f"two benchmarks share a name ({', '.join(b.name for b in benchmarks)}); rename a file")
     for k in settings.ks:
         if not 1 <= k <= settings.num_samples:
             raise UserError(f"k={k} needs at least {k} samples per problem; --num-samples is {settings.num_samples}")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"--output-dir {output_dir} exists and is not a directory")
+    check_writable(output_dir, "--output-dir")
     runs = []
     for benchmark in benchmarks:
-        spec = benchmark.spec
-        identity = {**settings.sampling_identity(), "benchmark": spec.name, "source": spec.source,
-                    "split": spec.split, "problem_field": spec.problem_field, "answer_field": spec.answer_field}  # fmt: skip
-        runs.append((output_dir / benchmark.name, identity, _check_run_file(output_dir / benchmark.name, identity)))
+        directory = output_dir / benchmark.name
+        check_writable(directory, "--output-dir")
+        identity = run_identity(benchmark, settings)
+        _check_run_file(directory, identity)
+        scan = scan_samples(directory / SAMPLES_FILE)
+        _check_golds(scan, benchmark, directory / SAMPLES_FILE)
+        runs.append(Run(benchmark, directory, identity, scan))
     return runs
+
+
+# ---- writing ------------------------------------------------------------------------------------------------------
+
+
+def _remove_stale_temps(directory: Path) -> None:
+    for name in (RUN_FILE, RESULTS_FILE, TABLE_FILE):
+        for temp in directory.glob(f".{name}.*.tmp"):
+            temp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path, wait: bool) -> Iterator[None]:
+    """Hold an advisory lock on ``directory``; the kernel releases it however the process ends.
+
+    Every writer of a temporary file in the directory holds the lock while the file exists, so one found under the
+    lock was left by a killed run and is removed here. Without ``wait`` a held lock means another run is working on
+    this benchmark, which must not append to the same file.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise UserError(f"{directory} is in use by another eksft eval (same --output-dir and benchmark); let it "
+                            "finish, or use another --output-dir") from None  # fmt: skip
+        _remove_stale_temps(directory)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _append(fd: int, path: Path, records: list[dict]) -> None:
+    """Append whole lines and push them to disk; on failure (disk full, Ctrl-C) cut the file back to where it was,
+    so that it holds whole batches. A kill cannot be caught: the reader drops its torn last line instead."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    data = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    except BaseException as err:
+        os.ftruncate(fd, start)
+        if isinstance(err, OSError):
+            raise UserError(f"cannot append to {path}: {err.strerror or err}; the samples before this batch are kept: "
+                            "make room and rerun the same command to resume") from None  # fmt: skip
+        raise
+
+
+@contextlib.contextmanager
+def _opened_samples(path: Path, scan: SampleScan) -> Iterator[tuple[int, SampleScan]]:
+    """The file opened for appending, with a torn last line (from a kill) cut off; rescanned if it changed since
+    ``scan`` was taken (another run finished in between)."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        stat = os.fstat(fd)
+        if (stat.st_size, stat.st_mtime_ns) != (scan.size, scan.mtime_ns) and (stat.st_size or scan.size):
+            scan = scan_samples(path)
+        if scan.size > scan.end:
+            print(f"{path}: cutting off an unfinished last line ({scan.size - scan.end} bytes) left by an interrupted "
+                  "run; its sample is drawn again", file=sys.stderr)  # fmt: skip
+            os.ftruncate(fd, scan.end)
+            os.fsync(fd)
+        yield fd, scan
+    finally:
+        os.close(fd)
+
+
+def _todo(benchmark: Benchmark, num_samples: int, done: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    return [(p.id, s) for p in benchmark.problems for s in range(num_samples) if (p.id, s) not in done]
+
+
+def _draw(batch: list[tuple[int, int]], problems: dict, prompts: dict[int, str], generate, prompt_of,
+          settings: EvalSettings) -> list[dict]:  # fmt: skip
+    """The graded records of one batch of (problem, sample) pairs."""
+    for pid, _ in batch:
+        if pid not in prompts:
+            prompts[pid] = prompt_of(problems[pid].problem)
+    texts = generate([prompts[pid] for pid, _ in batch], [sample_seed(settings.seed, pid, s) for pid, s in batch])
+    golds = [problems[pid].answer for pid, _ in batch]
+    return [
+        {"problem_id": pid, "sample": s, "text": text, "answer": extract_answer(text), "gold": gold, "correct": ok}
+        for (pid, s), text, gold, ok in zip(batch, texts, golds, grade_batch(texts, golds), strict=True)
+    ]
+
+
+def _sample(run: Run, generate, prompt_of, settings: EvalSettings, progress: bool) -> list[dict]:
+    """Draw, grade and append the missing samples of ``run``; returns every record of the file (without texts)."""
+    from tqdm.auto import tqdm
+
+    benchmark, path = run.benchmark, run.directory / SAMPLES_FILE
+    with _opened_samples(path, run.scan) as (fd, scan):
+        _check_golds(scan, benchmark, path)
+        records = list(scan.records)
+        todo = _todo(benchmark, settings.num_samples, {(r["problem_id"], r["sample"]) for r in records})
+        if todo:
+            (run.directory / RESULTS_FILE).unlink(missing_ok=True)  # it would describe fewer samples than asked for
+        if records and progress:
+            print(f"{benchmark.name}: resuming, {len(records)} samples on disk, {len(todo)} to generate", file=sys.stderr)
+        problems, prompts = {p.id: p for p in benchmark.problems}, {}
+        with tqdm(total=len(todo), desc=f"{benchmark.name}: sampling", unit="sample", disable=not progress,
+                  dynamic_ncols=True) as bar:  # fmt: skip
+            for start in range(0, len(todo), settings.batch_size):
+                new = _draw(todo[start : start + settings.batch_size], problems, prompts, generate, prompt_of, settings)
+                _append(fd, path, new)
+                records += [{k: v for k, v in record.items() if k != "text"} for record in new]
+                bar.update(len(new))
+    return records
+
+
+def _results(benchmark: Benchmark, records: list[dict], settings: EvalSettings) -> dict:
+    by_problem: dict[int, dict[int, bool]] = {p.id: {} for p in benchmark.problems}
+    for record in records:
+        if record["problem_id"] in by_problem and record["sample"] < settings.num_samples:
+            by_problem[record["problem_id"]][record["sample"]] = record["correct"]
+    table = pass_at_k_table({pid: list(c.values()) for pid, c in by_problem.items()}, settings.ks)
+    n = settings.num_samples
+    metrics = {f"avg@{n}": table.pop("avg@n"), **table}
+    spec = benchmark.spec
+    return {
+        "benchmark": spec.name, "source": spec.source, "split": spec.split, "problem_field": spec.problem_field,
+        "answer_field": spec.answer_field, "num_problems": len(benchmark.problems), "num_samples": n,
+        "num_correct": sum(sum(c.values()) for c in by_problem.values()), "metrics": metrics, "complete": True,
+    }  # fmt: skip
+
+
+def _run_benchmark(run: Run, generate, prompt_of, settings: EvalSettings, progress: bool) -> dict:
+    """Generate what is missing in the run's directory (whose lock the caller holds), then write its results."""
+    if _check_run_file(run.directory, run.identity):  # checked again: the directory may have changed meanwhile
+        write_text_atomic(run.directory / RUN_FILE, json.dumps(run.identity, indent=2) + "\n")
+    records = _sample(run, generate, prompt_of, settings, progress)
+    result = _results(run.benchmark, records, settings)
+    write_text_atomic(run.directory / RESULTS_FILE, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _make_directories(runs: list[Run]) -> None:
+    for run in runs:
+        try:
+            run.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--output-dir: cannot create {run.directory} ({err.strerror or err}); choose another "
+                            "--output-dir") from None  # fmt: skip
 
 
 def evaluate(
@@ -232,26 +420,24 @@ def evaluate(
     settings: EvalSettings,
     output_dir: str | os.PathLike,
     progress: bool = True,
+    checked: list[Run] | None = None,
 ) -> dict:
     """Run every benchmark (resuming what is on disk); write ``results.json`` and ``results.md`` when all are done.
 
     ``generate(prompts, seeds)`` returns one completion per prompt (see ``eksft.evaluation.generation``);
-    ``prompt_of(problem)`` builds the prompt text (``format_prompt`` with a tokenizer).
+    ``prompt_of(problem)`` builds the prompt text (``format_prompt`` with a tokenizer). ``checked`` is what
+    :func:`check_output` returned, when the caller ran it already (the command line does, before loading a model).
     """
     output_dir = Path(output_dir)
-    runs = check_output(benchmarks, settings, output_dir)
-    for directory, identity, fresh in runs:
-        directory.mkdir(parents=True, exist_ok=True)
-        if fresh:
-            write_text_atomic(directory / RUN_FILE, json.dumps(identity, indent=2) + "\n")
-    directories = [directory for directory, _, _ in runs]
-    # the summary is rewritten at the end; until then no file may claim a finished run
-    for name in (RESULTS_FILE, TABLE_FILE):
-        (output_dir / name).unlink(missing_ok=True)
-
-    results = {}
-    for benchmark, directory in zip(benchmarks, directories, strict=True):
-        results[benchmark.name] = run_benchmark(benchmark, generate, prompt_of, settings, directory, progress)
+    runs = checked if checked is not None else check_output(benchmarks, settings, output_dir)
+    _make_directories(runs)
+    with contextlib.ExitStack() as held:
+        for run in runs:  # all of them first: a run refused for a busy benchmark must not touch anything
+            held.enter_context(_locked(run.directory, wait=False))
+        with _locked(output_dir, wait=True):  # the summary is rewritten at the end; until then none may exist
+            for name in (RESULTS_FILE, TABLE_FILE):
+                (output_dir / name).unlink(missing_ok=True)
+        results = {run.benchmark.name: _run_benchmark(run, generate, prompt_of, settings, progress) for run in runs}
     summary = {
         "model": settings.model,
         "complete": True,
@@ -259,6 +445,7 @@ def evaluate(
         "benchmarks": results,
         "average": average_metrics(results),
     }
-    write_text_atomic(output_dir / RESULTS_FILE, json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(output_dir / TABLE_FILE, render_table([summary]))
+    with _locked(output_dir, wait=True):
+        write_text_atomic(output_dir / RESULTS_FILE, json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(output_dir / TABLE_FILE, render_table([summary]))
     return summary
