@@ -55,20 +55,20 @@ def replace_directory(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_writable_dir(path: str | os.PathLike, flag: str) -> None:
-    """Fail before any work if ``path`` cannot be (created and) written; creates nothing itself.
-
-    Checked up front so that a long run does not end in an unwritable output directory, and so that a failing
-    command leaves the file system as it found it.
-    """
+def check_writable(path: str | os.PathLike, flag: str) -> None:
+    """Fail now, not after hours of work, when ``path`` cannot become a directory to write into: a file in the way,
+    or a parent without write permission (checked with ``os.access``, which root always passes)."""
     from .errors import UserError
 
     path = Path(path).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} exists and is not a directory; choose another {flag}")
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise UserError(f"{flag} {path}: cannot create it, {existing} is a file, not a directory; choose another path")
+        raise UserError(f"{flag} {path}: {existing} is a file, not a directory, so nothing can be written under it; "
+                        f"choose another {flag}")  # fmt: skip
     if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
-        raise UserError(f"{flag} {path} {what}; choose a directory you can write to")
+        raise UserError(f"{flag} {path}: {existing} is not writable (permission denied); choose another {flag} or "
+                        "make it writable")  # fmt: skip

@@ -126,7 +126,7 @@ def load_prompts(args: GRPODataArguments):
         raise UserError(f"{args.dataset_name}: no rows left after skipping {args.skip_rows} of {len(rows)}")
     examples = []
     for number in numbers:
-        row, where = rows[number], f"{args.dataset_name}: row {number}"
+        row, where = rows[number], f"{args.dataset_name}: row {number + 1}"  # counted from 1, as in eksft sft
         prompt, answer = _lookup(row, args.prompt_field), _lookup(row, args.answer_field)
         for name, value in ((args.prompt_field, prompt), (args.answer_field, answer)):
             if value is None or value == "" or value == []:
@@ -138,8 +138,13 @@ def load_prompts(args: GRPODataArguments):
 
 
 def build_trainer(model, config, train_dataset, reward_funcs: list[str] | None = None, **kwargs):
-    """``trl.GRPOTrainer`` with our rewards; ``model`` is a path (loaded by TRL) or a model object."""
-    from trl import GRPOTrainer
+    """A GRPO trainer with our rewards; ``model`` is a path (loaded by TRL) or a model object.
+
+    The trainer is ``eksft.trainer.grpo_trainer.GRPOTrainer``: TRL's, plus the safety net of ``eksft sft`` (NaN/inf
+    steps skipped, SIGINT/SIGTERM save a checkpoint, atomic checkpoints, safetensors only); ``config`` is a
+    ``trl.GRPOConfig``, or eksft's ``GRPOConfig`` for ``max_nonfinite_steps``.
+    """
+    from .trainer.grpo_trainer import GRPOTrainer
 
     return GRPOTrainer(
         model=model, reward_funcs=reward_functions(reward_funcs or ["accuracy"]), args=config,

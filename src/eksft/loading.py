@@ -6,7 +6,9 @@ files are checked first.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 from pathlib import Path
 
 from .errors import UserError
@@ -79,4 +81,27 @@ def check_same_vocabulary(policy: str, reference: str, flag: str = "--ref_model_
         raise UserError(
             f"{flag} {reference} has a vocabulary of {sizes[1]} tokens but the policy {policy} has {sizes[0]}; "
             "the KL needs the same vocabulary: use a reference with the policy's tokenizer"
+        )
+
+
+# ---- weights: safetensors only (unpickling a pytorch_model.bin can run arbitrary code) ----------------------------
+
+CONVERT = (
+    'python -c "import sys; from transformers import AutoModelForCausalLM, AutoTokenizer; src, dst = sys.argv[1:]; '
+    "AutoModelForCausalLM.from_pretrained(src, use_safetensors=False).save_pretrained(dst); "
+    'AutoTokenizer.from_pretrained(src).save_pretrained(dst)" {src} {dst}'
+)
+
+
+def check_safetensors_weights(path: str, option: str) -> None:
+    """A ``UserError`` (naming ``option``, with the conversion command) when the directory ``path`` has pickle weights and no safetensors."""
+    if not os.path.isdir(path) or glob.glob(os.path.join(path, "*.safetensors")):
+        return
+    pickles = sorted(os.path.basename(p) for p in glob.glob(os.path.join(path, "pytorch_model*.bin")))
+    if pickles:
+        command = CONVERT.format(src=path, dst=f"{path.rstrip('/')}-safetensors")
+        raise UserError(
+            f"{option} {path}: the weights are PyTorch pickle files ({', '.join(pickles)}) and there is no "
+            f".safetensors file; eksft loads safetensors only, since loading a pickle can run arbitrary code. If you "
+            f"trust this checkpoint, convert it once and use the new directory: {command}"
         )

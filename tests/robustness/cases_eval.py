@@ -122,8 +122,8 @@ CASES = [
             lambda w, m: ev(w, [p.unlink() for p in m.glob("tokenizer*")] and m), ("<model>", "tokenizer")),
     CliCase("input/eval-model-bin-only", "the model's weights are only a pickle (pytorch_model.bin)",
             lambda w, m: ev(w, bin_only(m)),
-            ("<model>/pytorch_model.bin", "safetensors files only", "M.from_pretrained('<model>', "
-             "use_safetensors=False).save_pretrained('<model>')")),
+            ("<model>/pytorch_model.bin", "safetensors files only", "use_safetensors=False).save_pretrained(dst)",
+             "<model> <model>-safetensors")),
     # ---- eksft eval: the output directory ---------------------------------------------------------------------------
     CliCase("input/eval-output-under-file", "--output-dir lies under a regular file (a chmod 0o500 parent would not "
             "stop root, so a file blocks the path)",

@@ -8,12 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from eksft.errors import UserError
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "eksft"
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 # calls that execute or unpickle what they are given
 FORBIDDEN = {"eval", "exec", "compile", "pickle.load", "pickle.loads", "marshal.load", "marshal.loads",
@@ -44,24 +42,6 @@ def test_no_call_in_the_package_executes_or_unpickles_data(reliability):
         "security/no-unsafe-calls", "source of eksft",
         "the package's code scanned (AST) for calls that run or unpickle data",
         f"no call to {', '.join(sorted(FORBIDDEN))} and no literal trust_remote_code=True in src/eksft",
-    )  # fmt: skip
-
-
-def test_remote_code_is_off_unless_asked(reliability):
-    from trl import GRPOConfig
-
-    from eksft.trainer import EKSFTConfig
-
-    assert EKSFTConfig("out", use_cpu=True, report_to="none").trust_remote_code is False
-    assert GRPOConfig("out", use_cpu=True, report_to="none").trust_remote_code is False
-    recipes = sorted(CONFIGS.glob("*.yaml"))
-    assert recipes
-    for recipe in recipes:
-        assert yaml.safe_load(recipe.read_text(encoding="utf-8")).get("trust_remote_code", False) is False, recipe
-    reliability.record(
-        "security/remote-code-default", "eksft sft, eksft grpo",
-        "defaults of EKSFTConfig and GRPOConfig, and every recipe in configs/",
-        f"trust_remote_code is False in both configs and in all {len(recipes)} recipes",
     )  # fmt: skip
 
 

@@ -157,7 +157,7 @@ def test_resume_after_an_interruption_ends_with_the_same_weights(tiny_model, dat
         (["--dataset_format", "csv"], "unknown dataset layout 'csv'"),
         (["--ref_model_mode", "adapter_disabled"], "ref_model_mode='adapter_disabled' needs a PEFT model"),
         (["--resume_from_checkpoint", "true"], "--resume_from_checkpoint true: no checkpoint in"),
-        (["--unknown_flag", "1"], "invalid configuration: Some specified arguments are not used"),
+        (["--unknown_flag", "1"], "unknown option --unknown_flag on the command line"),
     ],
 )
 def test_bad_options_exit_2_with_one_message_and_write_nothing(tiny_model, data_file, tmp_path, capsys, extra, message):

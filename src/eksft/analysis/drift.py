@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..loading import CONVERT
 
 __all__ = [
     "DriftReport", "GroupDrift", "WeightSource", "check_compatible", "find_weights", "group_of", "open_weights",
@@ -204,12 +205,11 @@ def _single_file_keys(file: Path) -> dict[str, Path]:
 
 def pickle_refusal(file: Path) -> UserError:
     """The error for a pickled checkpoint, with the command that converts its directory to safetensors."""
-    directory = file.parent
+    directory = str(file.parent)
+    command = CONVERT.format(src=directory, dst=f"{directory.rstrip('/')}-safetensors")
     return UserError(
         f"{file}: eksft reads weights from safetensors files only (unpickling {file.name} could run any code in it). "
-        f"If you trust the file, convert it once: python -c \"from "
-        f"transformers import AutoModelForCausalLM as M; M.from_pretrained('{directory}', use_safetensors=False)"
-        f".save_pretrained('{directory}')\""
+        f"If you trust the file, convert it once and use the new directory: {command}"
     )
 
 

@@ -104,7 +104,7 @@ def _unique_labels(specs: list[tuple[str | None, Path]], option: str) -> list[tu
 def _check_output_dir(path: Path, overwrite: bool) -> None:
     """OUTPUT_DIR must be new, empty, or (with --overwrite) an earlier analysis: --overwrite replaces the directory
     whole, so a directory of other files (a typo'd path, a home directory) is never taken."""
-    from ..evaluation.runner import check_writable
+    from ..atomic import check_writable
 
     if path.is_symlink() and not path.exists():
         raise UserError(f"--output-dir {path} is a broken symbolic link; choose another --output-dir")

@@ -5,24 +5,25 @@
 
 Options are the fields of ``eksft.grpo.GRPODataArguments`` (prompts, answers, rewards), ``trl.GRPOConfig`` (every
 GRPO and ``TrainingArguments`` option: ``num_generations``, ``max_completion_length``, ``loss_type``,
-``use_vllm``...) and ``trl.ModelConfig`` (model path, dtype, LoRA), parsed by ``trl.TrlParser``. Any directory that
-``eksft sft`` wrote (model + tokenizer) is a valid ``--model_name_or_path``. ``use_vllm: true`` falls back to
-``transformers`` generation, with a warning, where vLLM is not installed.
+``use_vllm``..., plus ``max_nonfinite_steps``: ``eksft.trainer.grpo_trainer.GRPOConfig``) and ``trl.ModelConfig``
+(model path, dtype, LoRA), parsed by ``trl.TrlParser``. Any directory that ``eksft sft`` wrote (model + tokenizer) is a valid ``--model_name_or_path``. ``use_vllm: true`` falls back to
+``transformers`` generation, with a warning, where vLLM is not installed. Interruptions, NaN/inf steps and checkpoints
+are handled as in ``eksft sft`` (``eksft.trainer.safety``).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 from ..errors import UserError
-from .recipe import parse_recipe
+from .recipe import finish, parse_recipe, resolve_resume, run_training
 
 
 def parse(argv: list[str]):
-    from trl import GRPOConfig, ModelConfig
+    from trl import ModelConfig
 
     from ..grpo import GRPODataArguments
+    from ..trainer.grpo_trainer import GRPOConfig
 
     data_args, config, model_args = parse_recipe((GRPODataArguments, GRPOConfig, ModelConfig), argv, "eksft grpo")
     if not model_args.model_name_or_path:
@@ -36,16 +37,17 @@ def main(argv: list[str]) -> int:
     except SystemExit as exit_:  # argparse exits on --help and on unknown flags (after printing the usage)
         return exit_.code if isinstance(exit_.code, int) else 2
 
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import get_peft_config, get_quantization_config
 
     from ..evaluation.generation import vllm_available
     from ..grpo import build_trainer, load_prompts, reward_functions
-    from ..loading import load_tokenizer
+    from ..loading import check_safetensors_weights, load_tokenizer
 
     reward_functions(data_args.reward_funcs)  # an unknown reward fails now, not after loading the model
     tokenizer = load_tokenizer(model_args.model_name_or_path, "--model_name_or_path",
                                revision=model_args.model_revision, trust_remote_code=config.trust_remote_code)  # fmt: skip
+    if (config.model_init_kwargs or {}).get("use_safetensors", True):  # before reading the data: fail fast
+        check_safetensors_weights(model_args.model_name_or_path, "--model_name_or_path")
     if not tokenizer.chat_template:
         raise UserError(f"the tokenizer of {model_args.model_name_or_path!r} has no chat template; GRPO prompts are chats")
     dataset, report = load_prompts(data_args)
@@ -56,6 +58,7 @@ def main(argv: list[str]) -> int:
               "(much slower for long completions; pip install 'eksft[vllm]')", file=sys.stderr, flush=True)  # fmt: skip
         config.use_vllm = False
 
+    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)  # before loading the model: fail fast
     config.model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": config.trust_remote_code,
@@ -73,17 +76,11 @@ def main(argv: list[str]) -> int:
     except ValueError as err:  # TRL checks the combination of model, data and options
         raise UserError(str(err)) from None
 
-    resume = config.resume_from_checkpoint
-    if resume in ("true", "True", "last"):  # the newest checkpoint in output_dir
-        resume = get_last_checkpoint(config.output_dir)
-        if resume is None:
-            raise UserError(f"--resume_from_checkpoint {config.resume_from_checkpoint}: no checkpoint in {config.output_dir}")
-    elif resume is not None and not os.path.isdir(resume):
-        raise UserError(f"--resume_from_checkpoint: no checkpoint directory {resume}")
-    trainer.train(resume_from_checkpoint=resume)
+    stopped = run_training(trainer, resume, "eksft grpo", argv)
+    if stopped is not None:
+        return stopped
     trainer.save_model(config.output_dir)  # with the tokenizer (the trainer's processing_class)
     if trainer.is_world_process_zero():
         print(f"saved the model to {config.output_dir}", flush=True)
-    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, end the process group
-        trainer.end()
+    finish(trainer)
     return 0

@@ -1,10 +1,18 @@
-"""Parsing a YAML recipe and/or flags with ``trl.TrlParser``, with configuration problems as ``UserError``."""
+"""What ``eksft sft`` and ``eksft grpo`` share: parsing a recipe, resolving ``--resume_from_checkpoint``, and running
+the training with its three endings (finished, interrupted by a signal, stopped by NaN/inf steps)."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
+import shlex
+import sys
 
+from ..atomic import check_writable
 from ..errors import UserError
+
+RESUME_LAST = ("true", "True", "last")
 
 
 def parse_recipe(dataclass_types: tuple, argv: list[str], prog: str) -> tuple:
@@ -19,10 +27,103 @@ def parse_recipe(dataclass_types: tuple, argv: list[str], prog: str) -> tuple:
     if "--config" in argv:
         index = argv.index("--config") + 1
         if index >= len(argv) or not os.path.isfile(argv[index]):
-            raise UserError(f"config file not found: {argv[index] if index < len(argv) else '(missing after --config)'}")
+            raise UserError(
+                f"config file not found: {argv[index] if index < len(argv) else '(missing after --config)'}"
+            )
     try:
-        return tuple(parser.parse_args_and_config(argv))
+        parsed = tuple(parser.parse_args_and_config(argv))
     except yaml.YAMLError as err:
         raise UserError(f"cannot read the config file: {err}") from None
     except (ValueError, TypeError) as err:  # the config dataclasses validate their values, naming the field
-        raise UserError(f"invalid configuration: {err}") from None
+        raise UserError(_unknown_options(str(err), argv, prog) or f"invalid configuration: {err}") from None
+    check_writable(parsed[1].output_dir, "--output_dir")  # the config is second: (data, config, model)
+    return parsed
+
+
+def _unknown_options(message: str, argv: list[str], prog: str) -> str | None:
+    """HfArgumentParser's "arguments are not used" messages, in the words of a command line."""
+    match = re.search(r"(not used by the HfArgumentParser|Unknown arguments from config file): (\[.*\])", message)
+    if match is None:
+        return None
+    options = [arg for arg in ast.literal_eval(match.group(2)) if str(arg).startswith("--")]
+    where = "on the command line"
+    if match.group(1).startswith("Unknown"):
+        where = f"in {argv[argv.index('--config') + 1]}" if "--config" in argv else "in the config file"
+    return f"unknown option{'s' * (len(options) > 1)} {', '.join(options)} {where}; `{prog} --help` lists the options"
+
+
+def resolve_resume(value: str | None, output_dir: str) -> str | None:
+    """``--resume_from_checkpoint``: ``last`` / ``true`` is the newest *complete* checkpoint of ``output_dir``; a
+    path must be a complete checkpoint (a directory cut short by a crash lacks its ``trainer_state.json``)."""
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    from ..trainer.checkpoints import last_complete_checkpoint
+
+    if value is None:
+        return None
+    if value in RESUME_LAST:
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            raise UserError(
+                f"--resume_from_checkpoint {value}: no checkpoint in {output_dir} (only complete checkpoint-N "
+                "directories count)"
+            )
+        return checkpoint
+    if not os.path.isdir(value):
+        raise UserError(f"--resume_from_checkpoint: no checkpoint directory {value}")
+    if not os.path.isfile(os.path.join(value, TRAINER_STATE_NAME)):
+        raise UserError(
+            f"--resume_from_checkpoint: {value} is not a complete checkpoint (no {TRAINER_STATE_NAME}); use "
+            "--resume_from_checkpoint last for the newest complete one"
+        )
+    return value
+
+
+def resume_command(prog: str, argv: list[str]) -> str:
+    """The same command with ``--resume_from_checkpoint last`` (replacing any resume option it had)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume_from_checkpoint":
+            skip = True
+        elif not arg.startswith("--resume_from_checkpoint="):
+            kept.append(arg)
+    return f"{prog} {shlex.join([*kept, '--resume_from_checkpoint', 'last'])}"
+
+
+def run_training(trainer, resume: str | None, prog: str, argv: list[str]) -> int | None:
+    """``trainer.train()``: None when it finished, else the exit code.
+
+    SIGINT / SIGTERM: the trainer saved a checkpoint; say where and how to resume, and exit 128 + the signal number
+    (130, 143) without saving a final model. Too many NaN/inf steps: ``NonFiniteTrainingError`` (a ``UserError``,
+    exit 2) after ending the run on every process.
+    """
+    from ..trainer.safety import NonFiniteTrainingError, TrainingInterrupted
+
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except TrainingInterrupted as stop:
+        if trainer.is_world_process_zero():  # before `finish`: a launcher may tear the others down once one exits
+            print(f"{prog}: {stop}; the model was not saved as final. Resume with:\n  {resume_command(prog, argv)}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        finish(trainer)
+        return 128 + stop.signum
+    except NonFiniteTrainingError:
+        finish(trainer)
+        raise
+    return None
+
+
+def finish(trainer) -> None:
+    """Wait for every process, then end the run: trackers, and the process group (transformers >= 5.18).
+
+    The DDP wrapper is released first. Otherwise its reducer can be the last owner of a gloo process group and destroy
+    it while holding the GIL, which deadlocks with gloo's worker threads (pytorch/pytorch#56297): on CPUs about one
+    two-process run in four hung at exit.
+    """
+    trainer.accelerator.wait_for_everyone()
+    trainer.model_wrapped = trainer.model
+    trainer.accelerator.free_memory()  # drops the accelerator's references to the wrapper, then collects garbage
+    if hasattr(trainer, "end"):
+        trainer.end()

@@ -6,16 +6,17 @@ Options are the fields of three dataclasses, parsed by ``trl.TrlParser`` (YAML v
 ``DataArguments`` below, ``EKSFTConfig`` (every ``trl.SFTConfig`` / ``TrainingArguments`` option plus the
 objective and reference options) and ``trl.ModelConfig`` (model path, dtype, attention, LoRA via ``--use_peft``).
 Order of work: parse and validate the config, load the tokenizer, read and check the data (printing a report), and
-only then load the model and train, so that bad input fails fast. On success the model is saved in ``output_dir``.
+only then load the model and train, so that bad input fails fast. On success the model is saved in ``output_dir``;
+SIGINT / SIGTERM save a checkpoint and exit 130 / 143 with the command that resumes; too many NaN/inf steps in a row
+exit 2 (``eksft.trainer.safety``).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from .recipe import parse_recipe
+from .recipe import finish, parse_recipe, resolve_resume, run_training
 
 
 @dataclass
@@ -63,11 +64,10 @@ def main(argv: list[str]) -> int:
     except SystemExit as exit_:  # argparse exits on --help and on unknown flags (after printing the usage)
         return exit_.code if isinstance(exit_.code, int) else 2
 
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import get_peft_config, get_quantization_config
 
     from ..data import load_training_data
-    from ..loading import load_tokenizer
+    from ..loading import check_safetensors_weights, load_tokenizer
     from ..trainer import EKSFTTrainer
 
     tokenizer = load_tokenizer(
@@ -76,6 +76,8 @@ def main(argv: list[str]) -> int:
         revision=model_args.model_revision,
         trust_remote_code=config.trust_remote_code,
     )
+    if (config.model_init_kwargs or {}).get("use_safetensors", True):  # before reading the data: fail fast
+        check_safetensors_weights(model_args.model_name_or_path, "--model_name_or_path")
     dataset, report = load_training_data(
         data_args.dataset_name,
         tokenizer,
@@ -91,15 +93,7 @@ def main(argv: list[str]) -> int:
     if config.process_index == 0:
         print(report, flush=True)
 
-    resume = config.resume_from_checkpoint
-    if resume in ("true", "True", "last"):  # the newest checkpoint in output_dir
-        resume = get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
-        if resume is None:
-            raise UserError(
-                f"--resume_from_checkpoint {config.resume_from_checkpoint}: no checkpoint in {config.output_dir}"
-            )
-    elif resume is not None and not os.path.isdir(resume):
-        raise UserError(f"--resume_from_checkpoint: no checkpoint directory {resume}")
+    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
 
     # The model is loaded by TRL from its path, as trl/scripts/sft.py does
     config.model_init_kwargs = {
@@ -123,23 +117,11 @@ def main(argv: list[str]) -> int:
     except ValueError as err:  # TRL and the reference check the combination of model, data and options
         raise UserError(str(err)) from None
 
-    trainer.train(resume_from_checkpoint=resume)
+    stopped = run_training(trainer, resume, "eksft sft", argv)
+    if stopped is not None:
+        return stopped
     trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
         print(f"saved the model to {config.output_dir}", flush=True)
     finish(trainer)
     return 0
-
-
-def finish(trainer) -> None:
-    """Wait for every process, then end the run: trackers, and the process group (transformers >= 5.18).
-
-    The DDP wrapper is released first. Otherwise its reducer can be the last owner of a gloo process group and destroy
-    it while holding the GIL, which deadlocks with gloo's worker threads (pytorch/pytorch#56297): on CPUs about one
-    two-process run in four hung at exit.
-    """
-    trainer.accelerator.wait_for_everyone()
-    trainer.model_wrapped = trainer.model
-    trainer.accelerator.free_memory()  # drops the accelerator's references to the wrapper, then collects garbage
-    if hasattr(trainer, "end"):
-        trainer.end()

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..atomic import write_text_atomic
+from ..atomic import check_writable, write_text_atomic
 from ..errors import UserError
 from ..grading import extract_answer, grade_batch
 from .benchmarks import Benchmark
@@ -51,7 +51,7 @@ except ImportError:  # Windows: no flock; keeping one run per output directory i
     fcntl = None
 
 __all__ = [
-    "DEFAULT_PROMPT_TEMPLATE", "EvalSettings", "SampleScan", "check_output", "check_writable", "evaluate",
+    "DEFAULT_PROMPT_TEMPLATE", "EvalSettings", "SampleScan", "check_output", "evaluate",
     "format_prompt", "read_samples", "run_identity", "scan_samples",
 ]  # fmt: skip
 
@@ -212,23 +212,6 @@ def _check_run_file(directory: Path, identity: dict) -> bool:
         raise UserError(f"{directory} holds samples drawn with other settings ({details}); use another --output-dir, "
                         "or the same settings to resume")  # fmt: skip
     return False
-
-
-def check_writable(path: Path, flag: str) -> None:
-    """Fail now, not after hours of work, when ``path`` cannot become a directory to write into: a file in the way,
-    or a parent without write permission (checked with ``os.access``, which root always passes)."""
-    path = Path(path).absolute()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path} exists and is not a directory; choose another {flag}")
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{flag} {path}: {existing} is a file, not a directory, so nothing can be written under it; "
-                        f"choose another {flag}")  # fmt: skip
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: {existing} is not writable (permission denied); choose another {flag} or "
-                        "make it writable")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from trl import SFTConfig
 
 from ..objectives import OBJECTIVES, ObjectiveParams
 from .reference import REF_MODEL_MODES
+from .safety import DEFAULT_MAX_NONFINITE_STEPS, MAX_NONFINITE_STEPS_HELP, check_max_nonfinite_steps
 
 
 @dataclass
@@ -36,6 +37,10 @@ class EKSFTConfig(SFTConfig):
 
     use_chunked_stats: compute the token statistics from hidden states in chunks, never holding the full logits.
     token_stats_file: file in `output_dir` that gets one JSON line of metrics per logging step (None: no file).
+
+    > Parameters that control the safety net
+
+    max_nonfinite_steps: stop after this many NaN/inf optimizer steps in a row, each of them skipped (0: never stop).
 
     > Defaults that differ from [`trl.SFTConfig`]
 
@@ -145,6 +150,12 @@ class EKSFTConfig(SFTConfig):
         },
     )
 
+    # Parameters that control the safety net (eksft.trainer.safety)
+    max_nonfinite_steps: int = field(
+        default=DEFAULT_MAX_NONFINITE_STEPS,
+        metadata={"help": MAX_NONFINITE_STEPS_HELP},
+    )
+
     # Parameters whose defaults differ from SFTConfig
     logging_steps: float = field(
         default=1,
@@ -179,6 +190,7 @@ class EKSFTConfig(SFTConfig):
                 f"label_smoothing_factor is not supported by EKSFTConfig (the objective is the loss); "
                 f"got {self.label_smoothing_factor!r}"
             )
+        check_max_nonfinite_steps(self.max_nonfinite_steps)
         self.objective_params()  # validates every hyper-parameter, naming the field and the value
         if self.bf16 is None and not self.fp16:
             self.bf16 = not self.use_cpu and is_torch_bf16_gpu_available()

@@ -28,17 +28,28 @@ from ..chunked import chunked_token_stats, hidden_states, lm_head_of
 from ..objectives import OBJECTIVES, compute_objective
 from ..stats import TokenStats, token_stats
 from .eksft_config import EKSFTConfig
-from .reference import build_reference, freeze, prepare_reference, reference_model, resolve_ref_model_mode
+from .reference import (
+    build_reference,
+    check_reference_path,
+    freeze,
+    prepare_reference,
+    reference_model,
+    resolve_ref_model_mode,
+)
+from .safety import SafeTraining
+from .weights import use_safetensors
 
 # ObjectiveOutput.metrics that are terms of the loss, normalised like it (see `_micro_batch_metrics`)
 LOSS_TERMS = ("ce", "entropy_term", "kl_term")
 
 
-class EKSFTTrainer(SFTTrainer):
+class EKSFTTrainer(SafeTraining, SFTTrainer):
     """Supervised fine-tuning with EKSFT or any objective of ``eksft.objectives.OBJECTIVES``.
 
     Takes every argument of ``trl.SFTTrainer`` (``args`` must be an ``EKSFTConfig``), plus ``ref_model``: a model
-    to use as the reference instead of a copy of the policy (copy mode; frozen and placed here).
+    to use as the reference instead of a copy of the policy (copy mode; frozen and placed here). NaN/inf steps are
+    skipped, SIGINT/SIGTERM save a checkpoint, and checkpoints are written atomically (``eksft.trainer.safety``).
+    A model given by path is read from safetensors files only (``eksft.trainer.weights``).
     """
 
     _tag_names = ["trl", "sft", "eksft"]
@@ -79,6 +90,10 @@ class EKSFTTrainer(SFTTrainer):
             example = next(iter(train_dataset))
             args.assistant_only_loss = is_conversational(example) and "prompt" not in example
 
+        use_safetensors(model, args, "model")
+        if self.objective.needs_reference and self.ref_model_mode == "copy" and ref_model is None:
+            if args.ref_model_name_or_path:  # before SFTTrainer creates output_dir
+                check_reference_path(args.ref_model_name_or_path, model, args)
         # SFTTrainer accepts only its own loss names; the loss is computed in `compute_loss`, never by SFTTrainer
         loss_type, args.loss_type = args.loss_type, "nll"
         try:
@@ -145,7 +160,10 @@ class EKSFTTrainer(SFTTrainer):
         if self.objective.needs_reference:
             with self._reference() as reference:
                 ref_logits = reference(**model_inputs).logits
-        return token_stats(outputs.logits, labels, ref_logits, top_k_entropy=self._top_k()), outputs
+        # check_finite=False (also in the chunked path): a NaN/inf from the model makes the loss non-finite and the
+        # step is skipped (eksft.trainer.safety) instead of raising in the middle of a run
+        stats = token_stats(outputs.logits, labels, ref_logits, top_k_entropy=self._top_k(), check_finite=False)
+        return stats, outputs
 
     def _chunked_stats(self, model, model_inputs, labels) -> TokenStats:
         """Statistics from hidden states and LM heads (``eksft.chunked``), never holding ``[B, T, V]`` logits.
@@ -164,7 +182,9 @@ class EKSFTTrainer(SFTTrainer):
         def policy_stats(unwrapped, **inputs):  # [B, T, H] hidden states with grad, then the statistics
             head = lm_head_of(unwrapped)
             hidden = hidden_states(unwrapped, **inputs)
-            return chunked_token_stats(hidden, labels, head, ref_hidden, ref_head, top_k_entropy=self._top_k())
+            return chunked_token_stats(
+                hidden, labels, head, ref_hidden, ref_head, top_k_entropy=self._top_k(), check_finite=False
+            )
 
         unwrapped = self.accelerator.unwrap_model(model)
         return self._redirect(model, unwrapped, policy_stats, unwrapped, **model_inputs)

@@ -2,9 +2,10 @@
 
 * ``copy``: a deep copy of the policy taken when the trainer is built (so: the initial weights, also after resuming
   from a checkpoint), in eval mode with ``requires_grad=False``. A PEFT policy's copy has its adapters merged, so the
-  reference is the initial policy. It is loaded from disk instead when ``ref_model_name_or_path`` is set, and under
-  DeepSpeed ZeRO-3, whose parameters are partitioned placeholders that cannot be copied. It is then prepared like
-  TRL's DPO trainer prepares its reference: a DeepSpeed inference engine, an FSDP wrap, or plain device placement.
+  reference is the initial policy. It is loaded from disk (safetensors files only) instead when
+  ``ref_model_name_or_path`` is set, and under DeepSpeed ZeRO-3, whose parameters are partitioned placeholders that
+  cannot be copied. It is then prepared like TRL's DPO trainer prepares its reference: a DeepSpeed inference engine,
+  an FSDP wrap, or plain device placement.
 * ``adapter_disabled``: the policy itself under ``disable_adapter()``: the base weights, no second copy in memory.
   The forward runs in eval mode (no dropout, no gradient checkpointing), like the copy.
 """
@@ -19,6 +20,8 @@ from accelerate.utils import is_peft_model
 from torch import nn
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import create_model_from_path, get_config_model_id
+
+from ..loading import check_safetensors_weights
 
 REF_MODEL_MODES = ("auto", "copy", "adapter_disabled")
 
@@ -54,24 +57,44 @@ def copy_of_policy(policy: nn.Module) -> nn.Module:
     return freeze(reference)
 
 
-def load_reference(name_or_path: str, policy: nn.Module, args) -> nn.Module:
-    """The reference loaded from ``name_or_path`` like the policy was (dtype, attention), with a matching vocabulary."""
-    kwargs = dict(args.model_init_kwargs or {})
-    kwargs.setdefault("dtype", policy.dtype)
-    kwargs.setdefault("attn_implementation", policy.config._attn_implementation)
-    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-    if args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
-        kwargs["device_map"] = None  # distributed training places the model itself ("auto" fails)
-    reference = create_model_from_path(name_or_path, **kwargs)
-    # read from the configs: under ZeRO-3 the weights are partitioned placeholders without their real shape
-    policy_vocab = policy.config.get_text_config().vocab_size
-    reference_vocab = reference.config.get_text_config().vocab_size
+def check_reference_path(name_or_path: str, policy, args) -> None:
+    """Before the policy is loaded and ``output_dir`` created: the reference at ``name_or_path`` has safetensors
+    weights (``eksft.trainer.weights``) and the policy's vocabulary, compared on the configs (``policy``: a path or a
+    model)."""
+    from transformers import AutoConfig
+
+    if (args.model_init_kwargs or {}).get("use_safetensors", True):
+        check_safetensors_weights(name_or_path, "ref_model_name_or_path")
+
+    def vocab_size(source) -> int:
+        config = source.config if not isinstance(source, str) else AutoConfig.from_pretrained(
+            source, trust_remote_code=args.trust_remote_code
+        )  # fmt: skip
+        return config.get_text_config().vocab_size
+
+    try:
+        reference_vocab = vocab_size(name_or_path)
+    except OSError as err:
+        raise ValueError(f"cannot read the reference model (ref_model_name_or_path) {name_or_path!r}: {err}") from None
+    policy_vocab = vocab_size(policy)
     if policy_vocab != reference_vocab:
         raise ValueError(
             f"the reference model {name_or_path!r} has a vocabulary of {reference_vocab} tokens but the policy has "
             f"{policy_vocab}; the KL needs the same vocabulary (same tokenizer) in both"
         )
-    return freeze(reference)
+
+
+def load_reference(name_or_path: str, policy: nn.Module, args) -> nn.Module:
+    """The reference loaded from ``name_or_path`` like the policy was (dtype, attention; checked by
+    ``check_reference_path`` when it is ``ref_model_name_or_path``, and the policy's own path under ZeRO-3)."""
+    kwargs = dict(args.model_init_kwargs or {})
+    kwargs.setdefault("dtype", policy.dtype)
+    kwargs.setdefault("attn_implementation", policy.config._attn_implementation)
+    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    kwargs.setdefault("use_safetensors", True)  # eksft.trainer.weights: no pickle
+    if args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+        kwargs["device_map"] = None  # distributed training places the model itself ("auto" fails)
+    return freeze(create_model_from_path(name_or_path, **kwargs))
 
 
 def build_reference(policy: nn.Module, args, accelerator, *, is_deepspeed: bool, is_fsdp: bool) -> nn.Module:

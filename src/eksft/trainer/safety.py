@@ -1,0 +1,230 @@
+"""Training that survives NaN/inf steps, SIGINT/SIGTERM and SIGKILL: for ``EKSFTTrainer`` and eksft's GRPO trainer.
+
+* **Non-finite steps.** After clipping and before ``optimizer.step()`` (``on_pre_optimizer_step``), the gradients and
+  the losses of the step's micro-batches are checked. A NaN/inf step is skipped: every ``p.grad`` is set to None,
+  which torch optimizers treat as "no gradient", so neither the parameters nor the optimizer state (AdamW moments,
+  step count) move. The learning-rate schedule still advances: the step and its data are consumed. Each training log
+  line carries ``nonfinite_steps`` (the total skipped in this ``train()`` call; 0 again after a resume), and a
+  warning names the step. After ``max_nonfinite_steps`` skipped steps in a row the run ends without saving anything
+  more and ``train()`` raises ``NonFiniteTrainingError``, naming the last complete checkpoint. (``EKSFTTrainer``
+  computes its statistics with ``check_finite=False``, so that a NaN from the model reaches this check.)
+* **fp16 with a GradScaler**: the scaler already skips steps whose gradients overflow and lowers its scale (the
+  first steps of a run routinely do), so the gradients are left to it and only a non-finite *loss* is counted.
+  **DeepSpeed** steps inside ``backward``; its steps are counted from the loss but cannot be skipped here.
+* **Interruption.** SIGINT and SIGTERM (main thread only; installed for the duration of ``train()``) set a flag; at
+  the end of the current optimizer step every process saves the same checkpoint and stops, and ``train()`` raises
+  ``TrainingInterrupted``. The first signal restores the handlers that were there before, so a second one aborts at
+  once (KeyboardInterrupt for SIGINT, termination for SIGTERM).
+* **Agreement.** Both flags are reduced (max) over processes once per optimizer step, so that every rank skips the
+  same steps, stops at the same step and writes its part of the same checkpoint.
+* **Checkpoints** appear only when complete, and resuming with ``resume_from_checkpoint=True`` only picks complete
+  ones (``eksft.trainer.checkpoints``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..errors import UserError
+from .checkpoints import AtomicCheckpoints, last_complete_checkpoint
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+DEFAULT_MAX_NONFINITE_STEPS = 5
+MAX_NONFINITE_STEPS_HELP = (
+    "Stop the run after this many optimizer steps in a row whose loss or gradients are NaN/inf (each of them is "
+    "skipped: no update). 0: never stop, only skip and count them."
+)
+
+
+def check_max_nonfinite_steps(value) -> None:
+    """The config field ``max_nonfinite_steps`` (in ``EKSFTConfig`` and eksft's ``GRPOConfig``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"max_nonfinite_steps must be an integer >= 0 (0: never stop), got {value!r}")
+
+
+class NonFiniteTrainingError(UserError):
+    """Too many NaN/inf steps in a row: the run stopped, the last complete checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM during ``train()``: a checkpoint of the last finished step was saved first.
+
+    A ``KeyboardInterrupt`` so that code which cleans up on Ctrl-C keeps working and ``except Exception`` does not
+    swallow it. ``signum`` is the signal, ``checkpoint`` the saved directory.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        saved = f"saved {checkpoint}" if checkpoint else "no checkpoint could be found"
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}: {saved}")
+
+
+class TrainingGuard(TrainerCallback):
+    """Skips and counts non-finite steps, and stops the run on a signal or after too many of them (module docstring).
+
+    ``note_loss`` (called by ``SafeTraining.training_step`` with each micro-batch's loss) and ``request_stop`` (called
+    by the signal handler) feed it; without them it still checks the gradients, so it also works as a plain callback.
+    """
+
+    def __init__(self, max_nonfinite_steps: int = DEFAULT_MAX_NONFINITE_STEPS):
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_nonfinite: torch.Tensor | None = None  # any micro-batch loss of this step was NaN/inf (no sync)
+        self.signal_received = 0  # set by the handler, on this process
+        self.stop_signal = 0  # agreed by every process
+        self.in_a_row = 0
+        self.total = 0
+        self.failed_at: int | None = None  # the step at which max_nonfinite_steps was reached
+
+    def note_loss(self, loss: torch.Tensor) -> None:
+        bad = ~torch.isfinite(loss.detach()).all()
+        self.loss_nonfinite = bad if self.loss_nonfinite is None else self.loss_nonfinite | bad
+
+    def request_stop(self, signum: int) -> None:
+        self.signal_received = signum
+
+    @property
+    def stopping(self) -> bool:
+        return self.failed_at is not None or bool(self.stop_signal)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        parameters = list(model.parameters())
+        grads = [p.grad for p in parameters if p.grad is not None]
+        scaler = getattr(optimizer, "scaler", None)  # accelerate's fp16 GradScaler
+        flags = torch.zeros(3, device=args.device)
+        if self.loss_nonfinite is not None:
+            flags[0] = self.loss_nonfinite.to(flags.device, torch.float32)
+        if grads and scaler is None:
+            # the max-norm is NaN/inf iff some gradient element is (and, unlike the 2-norm, never overflows)
+            norm = torch.nn.utils.get_total_norm(grads, norm_type=float("inf"))
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2 DTensor
+            flags[1] = (~torch.isfinite(norm)).to(flags.device, torch.float32)
+        flags[2] = self.signal_received
+        if args.world_size > 1 and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        loss_bad, grads_bad, signum = flags.tolist()
+        self.loss_nonfinite = None
+        self.stop_signal = int(signum)
+        step = state.global_step + 1  # the step being taken
+        if not (loss_bad or grads_bad):
+            self.in_a_row = 0
+            return
+        if scaler is None:
+            for p in parameters:
+                p.grad = None  # torch optimizers skip parameters without gradient: no update, no state change
+        self.in_a_row += 1
+        self.total += 1
+        what = " and ".join(name for name, bad in (("loss", loss_bad), ("gradients", grads_bad)) if bad)
+        if self.max_nonfinite_steps and self.in_a_row >= self.max_nonfinite_steps:
+            self.failed_at = step
+        if state.is_world_process_zero:
+            limit = f"the run stops at {self.max_nonfinite_steps}" if self.max_nonfinite_steps else "no limit"
+            logger.warning(
+                f"step {step}: non-finite {what}; optimizer step skipped ({self.in_a_row} in a row, {limit}; "
+                f"{self.total} in total)"
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stopping:  # after DefaultFlowCallback, which may have scheduled a save or an evaluation
+            control.should_training_stop = True
+            control.should_log = True  # the line with the final count, whatever logging_steps is
+            control.should_save = self.failed_at is None  # an interruption saves; a failure keeps the last good one
+            control.should_evaluate = False
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stopping:  # the interruption's checkpoint was saved at the step end; nothing more
+            control.should_save = False
+            control.should_evaluate = False
+
+    def failure_message(self, output_dir: str) -> str:
+        checkpoint = last_complete_checkpoint(output_dir)
+        resume = (
+            f"The last good checkpoint is {checkpoint} (the skipped steps did not change weights or optimizer); "
+            "resume from it with --resume_from_checkpoint last"
+            if checkpoint
+            else f"No checkpoint was saved in {output_dir} (save_strategy / save_steps)"
+        )
+        return (
+            f"step {self.failed_at}: the loss or the gradients were NaN/inf for {self.in_a_row} optimizer steps in a "
+            f"row (max_nonfinite_steps={self.max_nonfinite_steps}); stopped without saving the model. {resume}. "
+            "To try: a lower learning_rate (or more warm-up), fp32 instead of bf16/fp16 (--bf16 false --dtype "
+            "float32), a smaller max_grad_norm, and check the data of these steps (empty or very long responses)."
+        )
+
+
+@contextlib.contextmanager
+def stop_on_signals(request_stop):
+    """SIGINT / SIGTERM call ``request_stop(signum)`` once, then the previous handlers are back (a second one aborts)."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers can only be set there
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    def handler(signum, frame) -> None:
+        restore()
+        request_stop(signum)
+        name = signal.Signals(signum).name
+        # os.write: print() from a signal handler can fail with "reentrant call" while the loop is printing
+        os.write(2, f"\n{name} received: stopping at the end of this step and saving a checkpoint; "
+                    f"send {name} again to abort at once\n".encode())  # fmt: skip
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        restore()
+
+
+class SafeTraining(AtomicCheckpoints):
+    """Trainer mixin, listed before the Trainer class: ``class T(SafeTraining, trl.SFTTrainer)``. See the module."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        limit = getattr(self.args, "max_nonfinite_steps", DEFAULT_MAX_NONFINITE_STEPS)  # plain TRL configs lack it
+        check_max_nonfinite_steps(limit)
+        self.guard = TrainingGuard(limit)
+        self.add_callback(self.guard)
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        if resume_from_checkpoint is True:  # the Trainer's get_last_checkpoint would also pick a half-written one
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}")
+        self.guard.reset()
+        with stop_on_signals(self.guard.request_stop):
+            output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        if self.guard.failed_at is not None:
+            raise NonFiniteTrainingError(self.guard.failure_message(self.args.output_dir))
+        if self.guard.stop_signal:
+            saved = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            checkpoint = saved if os.path.isdir(saved) else None
+            raise TrainingInterrupted(self.guard.stop_signal, self.state.global_step, checkpoint)
+        return output
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.guard.note_loss(loss)
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # training log lines (evaluation keys start with eval_)
+            logs["nonfinite_steps"] = self.guard.total
+        super().log(logs, start_time)

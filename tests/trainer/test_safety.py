@@ -1,0 +1,140 @@
+"""The safety net's parts: complete-checkpoint lookup, resume options, the guard with a GradScaler, best checkpoints.
+
+The faults themselves (NaN, signals, SIGKILL) are injected in tests/robustness/test_training_faults.py.
+"""
+
+import json
+import math
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import TrainerCallback, TrainerControl
+
+from eksft.cli import main
+from eksft.commands.recipe import resolve_resume, resume_command
+from eksft.errors import UserError
+from eksft.trainer import EKSFTConfig, EKSFTTrainer
+from eksft.trainer.checkpoints import last_complete_checkpoint
+from eksft.trainer.grpo_trainer import GRPOConfig
+from eksft.trainer.safety import TrainingGuard
+
+
+def checkpoint(path, complete: bool = True):
+    path.mkdir(parents=True)
+    if complete:
+        (path / "trainer_state.json").write_text("{}")
+    return path
+
+
+def test_only_complete_checkpoints_are_resumed(tmp_path):
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+    checkpoint(tmp_path / "checkpoint-9")
+    checkpoint(tmp_path / "checkpoint-10")  # numeric order: 10 > 9
+    checkpoint(tmp_path / "checkpoint-11", complete=False)  # cut short mid-save by an older run
+    checkpoint(tmp_path / ".checkpoint-12.partial" / "checkpoint-12")  # a staging directory
+    checkpoint(tmp_path / "checkpoint-13-old")
+    (tmp_path / "checkpoint-14").write_text("a file")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+
+    assert resolve_resume("last", str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    assert resolve_resume(None, str(tmp_path)) is None
+    with pytest.raises(UserError, match="checkpoint-11 is not a complete checkpoint"):
+        resolve_resume(str(tmp_path / "checkpoint-11"), str(tmp_path))
+    with pytest.raises(UserError, match="no checkpoint in"):
+        resolve_resume("true", str(tmp_path / "missing"))
+
+
+def test_resume_command_replaces_any_resume_option():
+    assert resume_command("eksft sft", ["--output_dir", "o o", "--resume_from_checkpoint", "o/checkpoint-2"]) == (
+        "eksft sft --output_dir 'o o' --resume_from_checkpoint last"
+    )
+    assert resume_command("eksft grpo", ["--resume_from_checkpoint=true", "--max_steps", "3"]) == (
+        "eksft grpo --max_steps 3 --resume_from_checkpoint last"
+    )
+
+
+def test_max_nonfinite_steps_is_validated(tmp_path, capsys):
+    for config in (EKSFTConfig, GRPOConfig):
+        with pytest.raises(ValueError, match="max_nonfinite_steps must be an integer >= 0"):
+            config(output_dir=str(tmp_path), use_cpu=True, bf16=False, max_nonfinite_steps=-1)
+    argv = ["sft", "--model_name_or_path", "m", "--dataset_name", "d.json", "--max_nonfinite_steps", "-1"]
+    assert main(argv) == 2
+    assert "invalid configuration: max_nonfinite_steps must be an integer >= 0 (0: never stop), got -1" in (
+        capsys.readouterr().err
+    )
+
+
+def guard_step(guard, params, scaler=None):
+    args = SimpleNamespace(device=torch.device("cpu"), world_size=1)
+    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
+    model = torch.nn.ParameterList(params)
+    guard.on_pre_optimizer_step(args, state, TrainerControl(), model=model, optimizer=SimpleNamespace(scaler=scaler))
+
+
+def test_a_grad_scaler_keeps_its_overflowing_steps():
+    def parameter():
+        p = torch.nn.Parameter(torch.zeros(3))
+        p.grad = torch.tensor([1.0, math.inf, 0.0])
+        return p
+
+    guard = TrainingGuard()
+    without_scaler = parameter()
+    guard_step(guard, [without_scaler])
+    assert without_scaler.grad is None and guard.total == 1  # skipped: no gradient, no update
+
+    guard = TrainingGuard()
+    with_scaler = parameter()
+    guard_step(guard, [with_scaler], scaler=object())  # fp16: the scaler skips it and lowers its scale
+    assert with_scaler.grad is not None and guard.total == 0
+    guard.note_loss(torch.tensor(math.nan))  # a NaN loss is no overflow: counted, the scaler skips the step
+    guard_step(guard, [with_scaler], scaler=object())
+    assert with_scaler.grad is not None and guard.total == 1 and guard.in_a_row == 1
+
+
+def test_zero_never_stops_and_every_nan_step_is_skipped(tiny_model, messages_dataset, make_config):
+    trainer = EKSFTTrainer(
+        tiny_model, args=make_config(max_steps=4, max_nonfinite_steps=0), train_dataset=messages_dataset
+    )
+
+    def nan_after_step_1(module, inputs, output):
+        return output * math.nan if trainer.state.global_step >= 1 else None
+
+    trainer.model.model.layers[0].register_forward_hook(nan_after_step_1)
+    after_step_1 = {}
+
+    class AfterStep1(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 1:
+                after_step_1.update({name: p.detach().clone() for name, p in model.named_parameters()})
+
+    trainer.add_callback(AfterStep1)
+    trainer.train()
+    assert [e["nonfinite_steps"] for e in trainer.state.log_history if "loss" in e] == [0, 1, 2, 3]
+    assert all(torch.equal(p, after_step_1[n]) for n, p in trainer.model.named_parameters())
+
+
+def test_the_best_checkpoint_is_named_by_its_final_path(tiny_model, messages_dataset, make_config):
+    args = make_config(
+        max_steps=3,
+        save_strategy="steps",
+        save_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        save_total_limit=1,
+    )
+    trainer = EKSFTTrainer(tiny_model, args=args, train_dataset=messages_dataset, eval_dataset=messages_dataset)
+    trainer.train()
+    out = trainer.args.output_dir
+    best = trainer.state.best_model_checkpoint
+    assert best.startswith(f"{out}/checkpoint-") and ".partial" not in best
+    kept = sorted(p for p in os.listdir(out) if p.startswith("checkpoint-"))
+    assert f"{out}/{kept[-1]}" == last_complete_checkpoint(out)
+    for name in kept:  # rotation kept the best one and the last one; each names the best by its final path
+        with open(f"{out}/{name}/trainer_state.json") as f:
+            recorded = json.load(f)["best_model_checkpoint"]
+        assert recorded.startswith(f"{out}/checkpoint-") and ".partial" not in recorded
+    assert best.rsplit("/", 1)[1] in kept
