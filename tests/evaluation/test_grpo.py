@@ -73,7 +73,7 @@ def test_remainder_is_exactly_the_rows_sft_did_not_take(tmp_path):
 @pytest.mark.parametrize(
     "rows, args, match",
     [
-        ([{"prompt": "a"}], {}, "row 0 has no 'answer'"),
+        ([{"prompt": "a"}], {}, "row 1 has no 'answer'"),
         ([{"prompt": "a", "answer": "1"}], {"answer_field": "reward_model.ground_truth"}, "no 'reward_model.ground_truth'"),
         ([{"prompt": 3, "answer": "1"}], {}, "must be a string or a list"),
         ([{"prompt": "a", "answer": "1"}], {"skip_rows": 1}, "no rows left"),
