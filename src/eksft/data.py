@@ -98,7 +98,7 @@ def read_rows(name_or_path: str, *, config: str | None = None, split: str = "tra
         return _read_with_datasets(str(path), name=config, split=split)
     if suffix in LOCAL_FORMATS + OTHER_FILE_TYPES or path.exists() or name_or_path.startswith((".", "/", "~")):
         if not path.is_file():
-            raise UserError(f"dataset file not found: {path}")
+            raise UserError(f"dataset file not found: {path}; check the path (a hub dataset is named owner/name)")
         if suffix == ".parquet":
             return _read_with_datasets("parquet", data_files=str(path), split="train")
         if suffix in (".json", ".jsonl"):
@@ -138,7 +138,7 @@ def read_json(path: Path) -> list[dict]:
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from err
+            raise UserError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}; fix the file there") from None
     else:
         rows = []
         for lineno, line in enumerate(text.splitlines(), start=1):
@@ -147,7 +147,7 @@ def read_json(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: invalid JSON line: {err.msg} (column {err.colno})") from err
+                raise UserError(f"{path}:{lineno}: invalid JSON line: {err.msg} (column {err.colno}); fix or delete that line") from None
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
             raise UserError(f"{path}: row {index + 1} is a {type(row).__name__}, expected a JSON object")
@@ -284,7 +284,7 @@ def convert_rows(
     if bad_rows not in BAD_ROWS:
         raise UserError(f"bad_rows must be one of {', '.join(BAD_ROWS)}; got {bad_rows!r}")
     if not rows:
-        raise UserError(f"{source}: the dataset is empty")
+        raise UserError(f"{source}: the dataset is empty; give a file with at least one row")
     if layout == "auto":
         layout = detect_layout(rows[0])
     elif layout not in LAYOUTS:

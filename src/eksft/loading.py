@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shlex
 from pathlib import Path
 
 from .errors import UserError
@@ -32,7 +33,7 @@ def load_tokenizer(model: str, flag: str = "--model", *, trust_flag: str = "--tr
         raise UserError(f"{flag} {model}: cannot load its tokenizer: none of {', '.join(TOKENIZER_FILES)} is there "
                         "(save the tokenizer next to the model)")  # fmt: skip
     if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
-        raise UserError(f"{flag} {model}: no such directory")
+        raise UserError(f"{flag} {model}: no such directory; give a model directory or a hub id (owner/name)")
     if path.is_dir() and not kwargs.get("trust_remote_code"):
         _refuse_custom_code(path, flag, trust_flag)
     try:
@@ -46,42 +47,32 @@ def load_tokenizer(model: str, flag: str = "--model", *, trust_flag: str = "--tr
 
 
 def _refuse_custom_code(path: Path, flag: str, trust_flag: str) -> None:
-    """A model whose config maps to Python files of its own directory is refused unless the user trusts that code.
+    """A model that needs Python files of its own directory is refused unless the user trusts that code.
 
-    transformers refuses too, but only after a long message about hub repositories; this one names the files.
+    Only when transformers does not know the ``model_type``: a config of a native architecture may carry an
+    ``auto_map`` too (Phi-3 fine-tunes do), and transformers then loads its own class without running anything.
+    transformers refuses the others too, but only after a long message about hub repositories; this one names the
+    files.
     """
+    from transformers import CONFIG_MAPPING
+
     try:
-        auto_map = json.loads((path / "config.json").read_text(encoding="utf-8")).get("auto_map")
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        auto_map, model_type = config.get("auto_map"), config.get("model_type")
     except (OSError, ValueError, AttributeError) as err:
         raise UserError(f"{flag} {path}: config.json is not a JSON object ({err})") from None
-    if auto_map:
+    if auto_map and model_type not in CONFIG_MAPPING:
         modules = sorted({str(ref).split("--")[-1].split(".")[0] + ".py" for ref in _references(auto_map)})
         raise UserError(
-            f"{flag} {path} runs its own code ({', '.join(modules)}, from auto_map in config.json); eksft does not "
-            f"execute code from model directories unless asked: read that code, then pass {trust_flag}"
+            f"{flag} {path} runs its own code ({', '.join(modules)}, from auto_map in config.json; model_type "
+            f"{model_type!r} is not one transformers knows); eksft does not execute code from model directories "
+            f"unless asked: read that code, then pass {trust_flag}"
         )
 
 
 def _references(auto_map) -> list[str]:
     values = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
     return [ref for value in values for ref in (value if isinstance(value, list | tuple) else [value]) if ref]
-
-
-def check_same_vocabulary(policy: str, reference: str, flag: str = "--ref_model_name_or_path", **kwargs) -> None:
-    """The KL compares two distributions over one vocabulary: check the configs before loading any weights."""
-    from transformers import AutoConfig
-
-    sizes = []
-    for name in (policy, reference):
-        try:
-            sizes.append(AutoConfig.from_pretrained(name, **kwargs).get_text_config().vocab_size)
-        except (OSError, ValueError) as err:
-            raise UserError(f"{flag}: cannot read the config of {name}: {err}") from None
-    if sizes[0] != sizes[1]:
-        raise UserError(
-            f"{flag} {reference} has a vocabulary of {sizes[1]} tokens but the policy {policy} has {sizes[0]}; "
-            "the KL needs the same vocabulary: use a reference with the policy's tokenizer"
-        )
 
 
 # ---- weights: safetensors only (unpickling a pytorch_model.bin can run arbitrary code) ----------------------------
@@ -93,15 +84,21 @@ CONVERT = (
 )
 
 
+def pickle_refusal(where: str, files: list[str], directory: str | os.PathLike) -> UserError:
+    """The error for pickle weights, with the one-line conversion of ``directory`` to a new safetensors directory."""
+    src = str(directory).rstrip("/")
+    command = CONVERT.format(src=shlex.quote(src), dst=shlex.quote(f"{src}-safetensors"))
+    return UserError(
+        f"{where}: the weights are PyTorch pickle files ({', '.join(files)}); eksft reads weights from safetensors "
+        f"files only, since unpickling can run any code. If you trust them, convert them once and use the new "
+        f"directory: {command}"
+    )
+
+
 def check_safetensors_weights(path: str, option: str) -> None:
-    """A ``UserError`` (naming ``option``, with the conversion command) when the directory ``path`` has pickle weights and no safetensors."""
+    """A ``UserError`` naming ``option`` when the directory ``path`` has pickle weights and no safetensors."""
     if not os.path.isdir(path) or glob.glob(os.path.join(path, "*.safetensors")):
         return
     pickles = sorted(os.path.basename(p) for p in glob.glob(os.path.join(path, "pytorch_model*.bin")))
     if pickles:
-        command = CONVERT.format(src=path, dst=f"{path.rstrip('/')}-safetensors")
-        raise UserError(
-            f"{option} {path}: the weights are PyTorch pickle files ({', '.join(pickles)}) and there is no "
-            f".safetensors file; eksft loads safetensors only, since loading a pickle can run arbitrary code. If you "
-            f"trust this checkpoint, convert it once and use the new directory: {command}"
-        )
+        raise pickle_refusal(f"{option} {path}", pickles, path)

@@ -52,7 +52,7 @@ def test_a_pickled_checkpoint_is_refused_with_the_conversion_command(base_dir, p
 
     path, _ = perturbed_dir
     torch.save(load_file(path / "model.safetensors"), tmp_path / "pytorch_model.bin")
-    with pytest.raises(UserError, match=r"pytorch_model.bin: eksft reads weights from safetensors files only.*"
+    with pytest.raises(UserError, match=r"pytorch_model.bin\); eksft reads weights from safetensors files only.*"
                                         r"use_safetensors=False\).save_pretrained"):  # fmt: skip
         parameter_drift(tmp_path, base_dir)
     with pytest.raises(UserError, match="safetensors files only"):

@@ -122,7 +122,7 @@ CASES = [
             lambda w, m: ev(w, [p.unlink() for p in m.glob("tokenizer*")] and m), ("<model>", "tokenizer")),
     CliCase("input/eval-model-bin-only", "the model's weights are only a pickle (pytorch_model.bin)",
             lambda w, m: ev(w, bin_only(m)),
-            ("<model>/pytorch_model.bin", "safetensors files only", "use_safetensors=False).save_pretrained(dst)",
+            ("<model>: the weights are PyTorch pickle files (pytorch_model.bin)", "safetensors files only", "use_safetensors=False).save_pretrained(dst)",
              "<model> <model>-safetensors")),
     # ---- eksft eval: the output directory ---------------------------------------------------------------------------
     CliCase("input/eval-output-under-file", "--output-dir lies under a regular file (a chmod 0o500 parent would not "
@@ -193,7 +193,7 @@ def _foreign_output(work: Path, model: Path) -> list[str]:
 CASES += [
     CliCase("input/analyze-model-bin-only", "--base and --model are a model whose weights are only a pickle "
             "(pytorch_model.bin)", lambda w, m: an(w, "--base", str(bin_only(m)), "--model", str(m)),
-            ("<model>/pytorch_model.bin", "safetensors files only", "use_safetensors=False"), subprocess=True),
+            ("<model>: the weights are PyTorch pickle files (pytorch_model.bin)", "safetensors files only", "use_safetensors=False"), subprocess=True),
     CliCase("input/analyze-other-architecture", "--model has 1 layer, --base 2 (another architecture)",
             lambda w, m: an(w, "--base", str(m), "--model", str(other_model(w, m, "one-layer", num_hidden_layers=1,
                                                                         layer_types=["full_attention"]))),
@@ -300,9 +300,9 @@ CASES += [
     ApiCase("input/api-evaluate-k-above-n", "evaluate() with ks=(1, 8) and num_samples=2", _evaluate_k_above_n,
             UserError, ("k=8 needs at least 8 samples", "--num-samples is 2")),
     ApiCase("input/api-drift-pickle", "parameter_drift on a model directory with only pytorch_model.bin",
-            _drift_of_pickle, UserError, ("<model>/pytorch_model.bin", "safetensors files only")),
+            _drift_of_pickle, UserError, ("<model>: the weights are PyTorch pickle files (pytorch_model.bin)", "safetensors files only")),
     ApiCase("input/api-load-model-pickle", "eksft.analysis.shift.load_model on a directory with only "
-            "pytorch_model.bin", _load_model_pickle, UserError, ("<model>/pytorch_model.bin", "safetensors files only")),
+            "pytorch_model.bin", _load_model_pickle, UserError, ("<model>: the weights are PyTorch pickle files (pytorch_model.bin)", "safetensors files only")),
     ApiCase("input/api-grade-lengths", "grading.grade_batch with 2 completions and 1 gold answer", _grade_lengths,
             ValueError, ("completions and golds differ in length: 2 != 1",)),
 ]

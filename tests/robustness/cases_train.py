@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from eksft.errors import UserError
+
 from .cases import ApiCase, CliCase, write
 
 CHAT = {"messages": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}]}
@@ -196,7 +198,7 @@ CASES += [
     ApiCase("input/api-trainer-sft-config", "EKSFTTrainer given a plain trl.SFTConfig", _trainer_plain_sft_config,
             TypeError, ("EKSFTConfig",)),
     ApiCase("input/api-data-unknown-role", "load_training_data on a row with role 'robot'", _load_data_unknown_role,
-            Exception, ("row 2", "'robot'")),
+            UserError, ("row 2", "'robot'")),
     ApiCase("input/api-unknown-objective", "objective_loss('eksftt', ...)", _unknown_objective, ValueError,
             ("'eksftt'",)),
 ]

@@ -28,6 +28,7 @@ CASES = [
 ]
 EKSFT = Path(sys.executable).parent / "eksft"
 MAX_MESSAGE = 400  # characters of the message kept in the table
+LONGEST_MESSAGE = 1000  # a message is read by a person: no dumps of input lines
 
 
 def test_case_keys_are_unique_and_enough():
@@ -83,6 +84,7 @@ def test_cli_bad_input(case: CliCase, work_and_model, capsys, reliability):
     assert "Traceback" not in stderr
     assert code == case.exit_code != 0, stderr
     message = normalise(error_message(stderr, command), work, model)
+    assert len(message) <= LONGEST_MESSAGE, message[:LONGEST_MESSAGE]
     for fragment in case.expect:
         assert fragment in message, f"{fragment!r} not in the message: {message}"
     assert snapshot(work) == before, "the run changed its working directory"
@@ -106,6 +108,7 @@ def test_api_bad_input(case: ApiCase, work_and_model, reliability):
     with pytest.raises(case.error) as raised:
         call()
     message = normalise(str(raised.value), work, model)
+    assert len(message) <= LONGEST_MESSAGE, message[:LONGEST_MESSAGE]
     for fragment in case.expect:
         assert fragment in message, f"{fragment!r} not in the message: {message}"
     assert snapshot(work) == before, "the call changed its working directory"

@@ -309,7 +309,7 @@ def test_pickled_weights_are_never_unpickled(tiny_model_dir, tmp_path, capsys, r
     capsys.readouterr()
     assert cli.main([*evaluation, "--output-dir", str(tmp_path / "eval-2")]) == 2
     assert cli.main([*analysis, "--output-dir", str(tmp_path / "analysis-2")]) == 2
-    assert capsys.readouterr().err.count("pytorch_model.bin: eksft reads weights from safetensors files only") == 2
+    assert capsys.readouterr().err.count("(pytorch_model.bin); eksft reads weights from safetensors files only") == 2
     assert not marker.exists()
     assert not (tmp_path / "eval-2").exists() and not (tmp_path / "analysis-2").exists()
     reliability.record(
@@ -339,6 +339,6 @@ def test_hostile_model_output_is_graded_false_in_bounded_time(tmp_path, reliabil
     reliability.record(
         "security/eval-hostile-output", "eksft eval (evaluation loop)",
         r"a model whose completions box a power tower 9^{9^{9^{9^{9}}}}, which math-verify cannot finish evaluating",
-        "the run completed: those samples were recorded as wrong within the grading timeout (their workers killed), "
-        "the correctly boxed ones as right",
+        "the run completed in under 60 s (5 s grading timeout, worker start-up included): those samples recorded as "
+        "wrong, the correctly boxed ones as right",
     )  # fmt: skip

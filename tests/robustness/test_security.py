@@ -61,7 +61,7 @@ def test_custom_code_in_a_model_directory_never_runs(tmp_path, tiny_model_dir, r
         load_tokenizer(str(model), "--model_name_or_path")
     assert not marker.exists()
     reliability.record(
-        "security/custom-code-refused", "every command that loads a model",
+        "security/custom-code-refused", "eksft sft, grpo, eval (eksft.loading.load_tokenizer)",
         "a model directory whose config.json maps to its own custom.py (auto_map), which would write a file if run",
         "refused with a message naming custom.py and --trust_remote_code; the file was never written (the code did not run)",
     )  # fmt: skip
@@ -70,12 +70,16 @@ def test_custom_code_in_a_model_directory_never_runs(tmp_path, tiny_model_dir, r
 def test_grading_of_hostile_model_output_is_bounded(reliability):
     from eksft import grading
 
-    start = time.monotonic()
+    assert grading.grade_batch([r"\boxed{1}"] * 2, ["1"] * 2, timeout=2.0, max_workers=2) == [True, True]  # warm
+    before = {worker.proc.pid for worker in grading._pool.workers}
     hostile = [r"\boxed{9^{9^{9^{9^{9}}}}}", r"\boxed{10^{10^{10}}}"]
+    start = time.monotonic()
     graded = grading.grade_batch([*hostile, r"\boxed{4}"], ["1", "1", "4"], timeout=2.0, max_workers=2)
     elapsed = time.monotonic() - start
+    after = {worker.proc.pid for worker in grading._pool.workers}
     assert graded == [False, False, True]
-    assert elapsed < 60, elapsed  # worker start-up (importing sympy) included
+    assert not before & after, "the workers stuck on the hostile answers were not replaced"
+    assert elapsed < 30, elapsed  # 2 s timeouts, then a fresh worker's start-up (importing sympy) for the last item
     limits = set()
     for worker in grading._pool.workers:
         line = next(x for x in Path(f"/proc/{worker.proc.pid}/limits").read_text().splitlines() if "address space" in x)
@@ -84,7 +88,7 @@ def test_grading_of_hostile_model_output_is_bounded(reliability):
     reliability.record(
         "security/grading-limits", "grading (eksft eval, GRPO rewards)",
         "model answers math-verify cannot finish with: a power tower 9^{9^{9^{9^{9}}}} and 10^{10^{10}}, in one batch "
-        "with a correct answer",
-        f"both graded False within the 2 s per-item timeout (the stuck workers killed and replaced), the correct one "
-        f"True; every grading worker runs with an address-space limit of {grading.MEMORY_LIMIT_BYTES // 2**30} GiB",
+        "with a correct answer, on 2 warm workers with a 2 s per-item timeout",
+        "both graded False and the correct one True in under 30 s; both workers were replaced by new processes; "
+        f"every grading worker runs with an address-space limit of {grading.MEMORY_LIMIT_BYTES // 2**30} GiB",
     )  # fmt: skip

@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..loading import CONVERT
+from ..loading import pickle_refusal
 
 __all__ = [
     "DriftReport", "GroupDrift", "WeightSource", "check_compatible", "find_weights", "group_of", "open_weights",
-    "parameter_drift", "pickle_refusal",
+    "parameter_drift",
 ]  # fmt: skip
 
 SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -203,16 +203,6 @@ def _single_file_keys(file: Path) -> dict[str, Path]:
         raise UserError(f"{file}: not a readable safetensors file ({err})") from None
 
 
-def pickle_refusal(file: Path) -> UserError:
-    """The error for a pickled checkpoint, with the command that converts its directory to safetensors."""
-    directory = str(file.parent)
-    command = CONVERT.format(src=directory, dst=f"{directory.rstrip('/')}-safetensors")
-    return UserError(
-        f"{file}: eksft reads weights from safetensors files only (unpickling {file.name} could run any code in it). "
-        f"If you trust the file, convert it once and use the new directory: {command}"
-    )
-
-
 def find_weights(path: str | os.PathLike) -> tuple[Path, str]:
     """``(file, kind)`` with kind ``safetensors`` or ``safetensors-index``; a UserError for anything else, naming what
     is there (a pickled checkpoint is refused: see :func:`pickle_refusal`)."""
@@ -223,10 +213,10 @@ def find_weights(path: str | os.PathLike) -> tuple[Path, str]:
         if path.suffix == ".safetensors":
             return path, "safetensors"
         if path.suffix in (".bin", ".pt", ".pth") or path.name.endswith(".bin.index.json"):
-            raise pickle_refusal(path)
+            raise pickle_refusal(str(path.parent), [path.name], path.parent)
         raise UserError(f"{path} is not a weights file (.safetensors or a .safetensors.index.json)")
     if not path.exists():
-        raise UserError(f"{path}: no such file or directory")
+        raise UserError(f"{path}: no such file or directory; give a model directory (config.json and safetensors weights)")
     if not path.is_dir():
         raise UserError(f"{path} is not a model directory")
     for name, kind in ((SAFETENSORS_INDEX, "safetensors-index"), (SAFETENSORS_FILE, "safetensors")):
@@ -234,7 +224,7 @@ def find_weights(path: str | os.PathLike) -> tuple[Path, str]:
             return path / name, kind
     for name in (BIN_INDEX, BIN_FILE):
         if (path / name).is_file():
-            raise pickle_refusal(path / name)
+            raise pickle_refusal(str(path), [name], path)
     if (path / ADAPTER_CONFIG).is_file():
         raise UserError(
             f"{path} holds a PEFT adapter ({ADAPTER_CONFIG}) and no full model weights; merge the adapter into its "

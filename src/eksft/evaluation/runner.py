@@ -20,7 +20,8 @@ What a kill at any moment can leave, and what the next run does with it:
   line that is followed by a newline is damage, and an error naming the file and line;
 * a batch whose write fails (disk full, Ctrl-C) is cut back off, so the file holds whole batches;
 * each (problem, sample) is drawn once: the rerun draws the pairs missing from the file, in the same order, with
-  the same per-sample seeds, so an interrupted and resumed run ends with the bytes an uninterrupted one writes;
+  the same per-sample seeds, so an interrupted and resumed run ends with the bytes an uninterrupted one writes
+  (exactly in float32 on a CPU; in bf16 on a GPU a batch of another shape can rarely change a token);
 * results are written to a temporary file and renamed, and stale ones are deleted before any new sample is drawn,
   so a results file that exists always describes a finished run. A temporary file left by a kill is removed by the
   next run: every writer holds an advisory lock on the directory (``flock``) while its temporary file exists, so one
