@@ -48,6 +48,8 @@ def test_no_call_in_the_package_executes_or_unpickles_data(reliability):
 def test_custom_code_in_a_model_directory_never_runs(tmp_path, tiny_model_dir, reliability):
     import shutil
 
+    from transformers import AutoModelForCausalLM
+
     from eksft.loading import load_tokenizer
 
     model = tmp_path / "model"
@@ -55,15 +57,23 @@ def test_custom_code_in_a_model_directory_never_runs(tmp_path, tiny_model_dir, r
     marker = tmp_path / "code-ran"
     (model / "custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
     config = json.loads((model / "config.json").read_text(encoding="utf-8"))
-    config.update(model_type="custom-net", auto_map={"AutoConfig": "custom.Config", "AutoModelForCausalLM": "custom.Net"})
-    (model / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    with pytest.raises(UserError, match=r"custom\.py.*--trust_remote_code true"):
+    auto_map = {"AutoConfig": "custom.Config", "AutoModelForCausalLM": "custom.Net"}
+
+    # a model type transformers knows (qwen3), with an auto_map as some fine-tunes carry: loaded natively
+    (model / "config.json").write_text(json.dumps({**config, "auto_map": auto_map}), encoding="utf-8")
+    load_tokenizer(str(model), "--model_name_or_path")
+    AutoModelForCausalLM.from_pretrained(str(model), trust_remote_code=False, use_safetensors=True)
+    # a model type only its own code defines: refused
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "custom-net", "auto_map": auto_map}))
+    with pytest.raises(UserError, match=r"custom\.py.*'custom-net'.*--trust_remote_code true"):
         load_tokenizer(str(model), "--model_name_or_path")
     assert not marker.exists()
     reliability.record(
         "security/custom-code-refused", "eksft sft, grpo, eval (eksft.loading.load_tokenizer)",
-        "a model directory whose config.json maps to its own custom.py (auto_map), which would write a file if run",
-        "refused with a message naming custom.py and --trust_remote_code; the file was never written (the code did not run)",
+        "a model directory whose config.json maps to its own custom.py (auto_map), which would write a file if run: "
+        "with model_type qwen3, then with a model_type transformers does not know",
+        "qwen3: loaded with transformers' own class; unknown type: refused with a message naming custom.py, the type "
+        "and --trust_remote_code; the file was never written (the code did not run)",
     )  # fmt: skip
 
 
