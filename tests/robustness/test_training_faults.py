@@ -184,21 +184,24 @@ def test_nan_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(tiny_
                                                                            reliability):  # fmt: skip
     out = tmp_path / "out"
     snapshots = Snapshots()
-    settings = dict(max_steps=6, save_strategy="steps", save_steps=2, max_nonfinite_steps=3)
+    settings = dict(max_steps=6, save_strategy="steps", save_steps=2, save_total_limit=1, max_nonfinite_steps=3)
     trainer = trainer_for(tiny_model_dir, chats, out, [snapshots], **settings)
     nan_hidden_states(trainer, {3, 4, 5, 6})
     with pytest.raises(NonFiniteTrainingError) as stopped:
         trainer.train()
 
     message = str(stopped.value)
-    for fragment in ("step 5", "3 optimizer steps in a row", "max_nonfinite_steps=3", str(out / "checkpoint-4"),
-                     "learning_rate", "fp32", "check the data"):  # fmt: skip
+    checkpoint = str(out / "checkpoint-2")
+    for fragment in ("step 5", "3 optimizer steps in a row", "max_nonfinite_steps=3", "did not change the weights",
+                     f"The last good checkpoint is {checkpoint}, saved before step 3", "--resume_from_checkpoint last",
+                     f"--model_name_or_path {checkpoint}", "learning_rate", "fp32", "check the data"):  # fmt: skip
         assert fragment in message, message
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-2", "checkpoint-4"]
+    # the save due at step 4 (a skipped step) did not happen, so its rotation did not delete checkpoint-2
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-2"]
     assert not (out / "model.safetensors").exists() and hidden_dirs(out) == []
-    assert complete(out / "checkpoint-4", 4)
-    saved = load_file(out / "checkpoint-4" / "model.safetensors")
-    assert all(torch.equal(saved[name], snapshots.params[2][name]) for name in saved)  # steps 3, 4 were skipped
+    assert complete(out / "checkpoint-2", 2)
+    saved = load_file(out / "checkpoint-2" / "model.safetensors")
+    assert all(torch.equal(saved[name], snapshots.params[2][name]) for name in saved)
     assert [e["nonfinite_steps"] for e in trainer.state.log_history if "loss" in e] == [0, 0, 1, 2, 3]
 
     resumed = trainer_for(tiny_model_dir, chats, out, **settings)
@@ -207,9 +210,11 @@ def test_nan_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(tiny_
     reliability.record(
         "train/nonfinite-steps-stop",
         "Python API",
-        "NaN hidden states from step 3 on, max_nonfinite_steps=3, a checkpoint every 2 steps",
-        "NonFiniteTrainingError at step 5 naming the count, checkpoint-4 and what to try; nothing saved after it, "
-        "checkpoint-4 complete with the weights of step 2; resume_from_checkpoint=True resumes it and finishes",
+        "NaN hidden states from step 3 on, max_nonfinite_steps=3, a checkpoint every 2 steps, save_total_limit=1",
+        "NonFiniteTrainingError at step 5 naming the count, checkpoint-2 (saved before step 3), how to resume and "
+        "how to restart from its weights with other settings; the save due at the skipped step 4 did not happen, so "
+        "checkpoint-2 (the weights of step 2) was not rotated away; resume_from_checkpoint=True resumes it and "
+        "finishes",
     )
 
 
@@ -300,7 +305,8 @@ class SignalAt(TrainerCallback):
                 self.handlers_after.append(signal.getsignal(signum))
 
 
-def test_sigint_saves_a_checkpoint_and_a_second_one_aborts(tiny_model_dir, chats, tmp_path, reliability):
+def test_sigint_saves_a_checkpoint_two_sigterms_too_and_two_sigints_abort(tiny_model_dir, chats, tmp_path, capfd,
+                                                                          reliability):  # fmt: skip
     before = signal.getsignal(signal.SIGINT)
     out = tmp_path / "out"
     sigint = SignalAt(2, signal.SIGINT)
@@ -308,12 +314,24 @@ def test_sigint_saves_a_checkpoint_and_a_second_one_aborts(tiny_model_dir, chats
     with pytest.raises(TrainingInterrupted) as stopped:
         trainer.train()
     assert (stopped.value.signum, stopped.value.step, stopped.value.checkpoint) == (2, 2, str(out / "checkpoint-2"))
-    assert sigint.handlers_after == [before]  # the first signal put the previous handler back
-    assert signal.getsignal(signal.SIGINT) == before
+    assert sigint.handlers_after[0] is not before  # still installed after the first signal
+    assert signal.getsignal(signal.SIGINT) == before  # and gone when train() returned
     assert complete(out / "checkpoint-2", 2) and not (out / "model.safetensors").exists()
     resumed = trainer_for(tiny_model_dir, chats, out, max_steps=5)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 5
+
+    # SLURM sends SIGTERM to every process and torchrun forwards its own: two within milliseconds
+    before_sigterm = signal.getsignal(signal.SIGTERM)
+    capfd.readouterr()
+    sigterms = trainer_for(tiny_model_dir, chats, tmp_path / "sigterms", [SignalAt(2, signal.SIGTERM, signal.SIGTERM)],
+                           max_steps=5)  # fmt: skip
+    with pytest.raises(TrainingInterrupted) as stopped:
+        sigterms.train()
+    assert (stopped.value.signum, stopped.value.checkpoint) == (15, str(tmp_path / "sigterms" / "checkpoint-2"))
+    assert complete(tmp_path / "sigterms" / "checkpoint-2", 2)
+    assert signal.getsignal(signal.SIGTERM) == before_sigterm
+    assert "SIGTERM ignored: already stopping" in capfd.readouterr().err
 
     twice = trainer_for(tiny_model_dir, chats, tmp_path / "twice", [SignalAt(2, signal.SIGINT, signal.SIGINT)],
                         max_steps=5)  # fmt: skip
@@ -325,10 +343,12 @@ def test_sigint_saves_a_checkpoint_and_a_second_one_aborts(tiny_model_dir, chats
     reliability.record(
         "train/sigint-python-api",
         "Python API",
-        "SIGINT at the start of step 2 of 5; then a run that gets two SIGINTs in a row",
+        "SIGINT at the start of step 2 of 5; then a run that gets two SIGTERMs in a row there (as under SLURM + "
+        "torchrun), and one that gets two SIGINTs",
         "TrainingInterrupted after step 2 with checkpoint-2 complete and no final model, the previous SIGINT "
-        "handler back; resume_from_checkpoint=True finishes the 5 steps. Two SIGINTs: KeyboardInterrupt at once, "
-        "no checkpoint",
+        "handler back once train() returned; resume_from_checkpoint=True finishes the 5 steps. Two SIGTERMs: the "
+        "second one ignored (a note on stderr), the same complete checkpoint-2. Two SIGINTs: KeyboardInterrupt at "
+        "once, no checkpoint",
     )
 
 
@@ -404,6 +424,31 @@ def test_sigterm_during_eksft_grpo(tiny_model_dir, tmp_path, monkeypatch, capsys
         "eksft grpo",
         "SIGTERM at the start of step 2 of 4",
         "exit 143, no traceback; checkpoint-2 complete, no final model; the printed resume command finishes",
+    )
+
+
+def test_a_signal_during_the_last_step_finishes_the_run(tiny_model_dir, data_file, tmp_path, monkeypatch, capsys,
+                                                        reliability):  # fmt: skip
+    out = tmp_path / "out"
+    training_step = EKSFTTrainer.training_step
+
+    def sigterm_in_step_2(self, *a, **k):  # one micro-batch per step: one signal
+        if self.state.global_step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return training_step(self, *a, **k)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(EKSFTTrainer, "training_step", sigterm_in_step_2)
+        assert cli.main(sft_args(tiny_model_dir, data_file, out, "--max_steps", "2")) == 0
+    captured = capsys.readouterr()
+    assert f"saved the model to {out}" in captured.out and "interrupted" not in captured.err
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file() and hidden_dirs(out) == []
+    assert complete(out / "checkpoint-2", 2)
+    reliability.record(
+        "train/signal-last-step",
+        "eksft sft",
+        "SIGTERM during the last step (step 2 of 2)",
+        "exit 0: every step ran, so the run counts as finished and the final model is saved (checkpoint-2 too)",
     )
 
 
@@ -635,7 +680,7 @@ def test_pickle_weights_are_refused_with_a_working_conversion(tiny_model_dir, da
         assert "Traceback" not in err
         assert f"{option} {pickled}: the weights are PyTorch pickle files (pytorch_model.bin)" in err
         messages.append(err)
-    command = re.search(r"convert it once and use the new directory: (.*)$", messages[0], re.MULTILINE).group(1)
+    command = re.search(r"convert them once and use the new directory: (.*)$", messages[0], re.MULTILINE).group(1)
     command = shlex.split(command)
     assert command[:2] == ["python", "-c"] and command[3:] == [str(pickled), f"{pickled}-safetensors"]
     monkeypatch.setattr(sys, "argv", ["-c", *command[3:]])

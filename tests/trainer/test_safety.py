@@ -1,22 +1,26 @@
-"""The safety net's parts: complete-checkpoint lookup, resume options, the guard with a GradScaler, best checkpoints.
+"""The safety net's parts: complete-checkpoint lookup, resume options, the guard with a GradScaler and under
+DeepSpeed, best checkpoints, hub pushes of checkpoints, the final model's save.
 
 The faults themselves (NaN, signals, SIGKILL) are injected in tests/robustness/test_training_faults.py.
 """
 
+import inspect
 import json
+import logging
 import math
 import os
 from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import TrainerCallback, TrainerControl
+from transformers import Trainer, TrainerCallback, TrainerControl
 
 from eksft.cli import main
-from eksft.commands.recipe import resolve_resume, resume_command
+from eksft.commands.recipe import FINAL_STAGING, resolve_resume, resume_command, save_final_model
 from eksft.errors import UserError
+from eksft.loading import load_tokenizer
 from eksft.trainer import EKSFTConfig, EKSFTTrainer
-from eksft.trainer.checkpoints import last_complete_checkpoint
+from eksft.trainer.checkpoints import AtomicCheckpoints, last_complete_checkpoint
 from eksft.trainer.grpo_trainer import GRPOConfig
 from eksft.trainer.safety import TrainingGuard
 
@@ -37,6 +41,8 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
     checkpoint(tmp_path / "checkpoint-13-old")
     (tmp_path / "checkpoint-14").write_text("a file")
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert last_complete_checkpoint(tmp_path, before=10) == str(tmp_path / "checkpoint-9")
+    assert last_complete_checkpoint(tmp_path, before=9) is None
 
     assert resolve_resume("last", str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert resolve_resume(None, str(tmp_path)) is None
@@ -66,9 +72,9 @@ def test_max_nonfinite_steps_is_validated(tmp_path, capsys):
     )
 
 
-def guard_step(guard, params, scaler=None):
+def guard_step(guard, params, scaler=None, step=1):
     args = SimpleNamespace(device=torch.device("cpu"), world_size=1)
-    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
+    state = SimpleNamespace(global_step=step - 1, is_world_process_zero=True)
     model = torch.nn.ParameterList(params)
     guard.on_pre_optimizer_step(args, state, TrainerControl(), model=model, optimizer=SimpleNamespace(scaler=scaler))
 
@@ -91,6 +97,36 @@ def test_a_grad_scaler_keeps_its_overflowing_steps():
     guard.note_loss(torch.tensor(math.nan))  # a NaN loss is no overflow: counted, the scaler skips the step
     guard_step(guard, [with_scaler], scaler=object())
     assert with_scaler.grad is not None and guard.total == 1 and guard.in_a_row == 1
+
+
+def test_bad_steps_name_the_checkpoint_before_them_and_deepspeed_does_not_skip(tmp_path, caplog):
+    def bad_step(guard, step):
+        p = torch.nn.Parameter(torch.zeros(2))
+        p.grad = torch.tensor([math.nan, 0.0])
+        guard_step(guard, [p], step=step)
+        control = TrainerControl(should_save=True)  # a scheduled save
+        guard.on_step_end(None, None, control)
+        return control.should_save
+
+    checkpoint(tmp_path / "checkpoint-1")
+    checkpoint(tmp_path / "checkpoint-3")  # from an earlier run that went further
+    for deepspeed in (False, True):
+        guard = TrainingGuard(max_nonfinite_steps=2, deepspeed=deepspeed)
+        with caplog.at_level(logging.WARNING, logger="eksft.trainer.safety"):
+            assert bad_step(guard, 2) is False and bad_step(guard, 3) is False  # no checkpoint of a bad step
+        message = guard.failure_message(str(tmp_path))
+        assert guard.failed_at == 3 and guard.first_bad_step == 2
+        good = str(tmp_path / "checkpoint-1")
+        assert f"The last good checkpoint is {good}, saved before step 2" in message, message
+        assert f"--resume_from_checkpoint {good})" in message and f"--model_name_or_path {good}" in message
+        warnings = [r.getMessage() for r in caplog.records]
+        if deepspeed:
+            assert "DeepSpeed applied these steps" in message and "skipped" not in message
+            assert all("counted, not skipped: DeepSpeed" in w for w in warnings) and len(warnings) == 2
+        else:
+            assert "the skipped steps did not change the weights or the optimizer" in message
+            assert all("optimizer step skipped" in w for w in warnings) and len(warnings) == 2
+        caplog.clear()
 
 
 def test_zero_never_stops_and_every_nan_step_is_skipped(tiny_model, messages_dataset, make_config):
@@ -138,3 +174,84 @@ def test_the_best_checkpoint_is_named_by_its_final_path(tiny_model, messages_dat
             recorded = json.load(f)["best_model_checkpoint"]
         assert recorded.startswith(f"{out}/checkpoint-") and ".partial" not in recorded
     assert best.rsplit("/", 1)[1] in kept
+
+
+class FakeTrainer:
+    """What ``AtomicCheckpoints`` needs of a Trainer, with ``_save_checkpoint`` pushing as transformers' does."""
+
+    def __init__(self, out):
+        self.args = SimpleNamespace(output_dir=str(out), should_save=True, save_total_limit=None, push_to_hub=True)
+        self.state = SimpleNamespace(global_step=3, best_model_checkpoint=None)
+        self.accelerator = SimpleNamespace(wait_for_everyone=lambda: None)
+        self.pushed = []
+
+    def _get_output_dir(self, trial):
+        return self.args.output_dir
+
+    def _save_checkpoint(self, model, trial):
+        folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "trainer_state.json"), "w") as f:
+            f.write("{}")
+        self._push_from_checkpoint(folder)
+
+    def _push_from_checkpoint(self, folder):  # transformers starts a background upload of `folder`
+        self.pushed.append((folder, os.path.isfile(os.path.join(folder, "trainer_state.json"))))
+
+
+def test_checkpoints_are_pushed_from_where_they_end_up(tmp_path):
+    assert "self._push_from_checkpoint(output_dir)" in inspect.getsource(Trainer._save_checkpoint)
+
+    class Staged(AtomicCheckpoints, FakeTrainer):
+        pass
+
+    trainer = Staged(tmp_path)
+    trainer._save_checkpoint(None, None)
+    assert trainer.pushed == [(str(tmp_path / "checkpoint-3"), True)]
+
+
+def test_the_final_model_gets_its_config_last(tiny_model, messages_dataset, make_config, tmp_path, monkeypatch):
+    trainer = EKSFTTrainer(tiny_model, args=make_config(max_steps=1), train_dataset=messages_dataset)
+    plain, out = tmp_path / "plain", tmp_path / "final"
+    trainer.save_model(str(plain))
+    (out / "checkpoint-1").mkdir(parents=True)
+    (out / "model-00001-of-00002.safetensors").write_text("a shard of an earlier model")
+    save_final_model(trainer, str(out))
+
+    def files(folder):
+        return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+    assert files(out) == files(plain) and sorted(p.name for p in out.iterdir() if p.is_dir()) == ["checkpoint-1"]
+    load_tokenizer(str(out))
+
+    # killed in the middle of the moves: no config.json, so nothing takes the directory for a model
+    replace, moved = os.replace, []
+
+    def replace_then_die(source, target):
+        if os.path.dirname(target) == str(out):
+            if len(moved) == 2:
+                raise KeyboardInterrupt("killed")
+            moved.append(target)
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        save_final_model(trainer, str(out))
+    monkeypatch.undo()
+    assert not (out / "config.json").exists() and (out / FINAL_STAGING / "config.json").is_file()
+    with pytest.raises(UserError, match="is not a model directory: it has no config.json"):
+        load_tokenizer(str(out))
+
+    # killed during the save itself: the previous model stays as it was; the next save cleans up
+    save_final_model(trainer, str(out))
+    save_model = trainer.save_model
+
+    def half_a_save(path, **kwargs):
+        save_model(path, **kwargs)
+        os.truncate(os.path.join(path, "model.safetensors"), 10)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(trainer, "save_model", half_a_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_final_model(trainer, str(out))
+    assert files(out) == files(plain)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UserError
-from .recipe import finish, parse_recipe, resolve_resume, run_training
+from .recipe import finish, parse_recipe, resolve_resume, run_training, save_final_model
 
 
 def parse(argv: list[str]):
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
     stopped = run_training(trainer, resume, "eksft grpo", argv)
     if stopped is not None:
         return stopped
-    trainer.save_model(config.output_dir)  # with the tokenizer (the trainer's processing_class)
+    save_final_model(trainer, config.output_dir)  # with the tokenizer (the trainer's processing_class)
     if trainer.is_world_process_zero():
         print(f"saved the model to {config.output_dir}", flush=True)
     finish(trainer)

@@ -1,5 +1,6 @@
-"""What ``eksft sft`` and ``eksft grpo`` share: parsing a recipe, resolving ``--resume_from_checkpoint``, and running
-the training with its three endings (finished, interrupted by a signal, stopped by NaN/inf steps)."""
+"""What ``eksft sft`` and ``eksft grpo`` share: parsing a recipe, resolving ``--resume_from_checkpoint``, running
+the training with its three endings (finished, interrupted by a signal, stopped by NaN/inf steps), and saving the
+final model so that a run killed during that save leaves no half-written model."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import ast
 import os
 import re
 import shlex
+import shutil
 import sys
 
 from ..atomic import check_writable
 from ..errors import UserError
 
 RESUME_LAST = ("true", "True", "last")
+FINAL_STAGING = ".final.partial"  # inside output_dir: same file system, and hidden from checkpoint globs
 
 
 def parse_recipe(dataclass_types: tuple, argv: list[str], prog: str) -> tuple:
@@ -113,6 +116,33 @@ def run_training(trainer, resume: str | None, prog: str, argv: list[str]) -> int
         finish(trainer)
         raise
     return None
+
+
+def save_final_model(trainer, output_dir: str) -> None:
+    """``trainer.save_model(output_dir)``, but a kill at any moment leaves either the previous model or a directory
+    without ``config.json`` (which every reader refuses as "not a model directory"), never a half-written model.
+
+    Every process saves into ``<output_dir>/.final.partial`` (FSDP and DeepSpeed gather the weights together); the
+    process that writes then moves the files into ``output_dir`` (``eksft.trainer.checkpoints.publish_model``).
+    With ``push_to_hub`` the model is then uploaded as ``trainer.save_model`` would have, without saving it again.
+    """
+    from ..trainer.checkpoints import publish_model
+
+    staging = os.path.join(output_dir, FINAL_STAGING)
+    if trainer.args.should_save:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run killed in the middle of this
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(staging, _internal_call=True)  # _internal_call: no push of output_dir, staging included
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        publish_model(staging, output_dir)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.push_to_hub:
+        trainer.save_model = lambda *args, **kwargs: None  # push_to_hub saves first: the model is there already
+        try:
+            trainer.push_to_hub(commit_message="Model save", revision=trainer.args.hub_revision)
+        finally:
+            del trainer.save_model
 
 
 def finish(trainer) -> None:

@@ -11,7 +11,11 @@ Here every process writes into ``<output_dir>/.checkpoint-N.partial/checkpoint-N
 process that writes the model fsyncs it, renames it to ``<output_dir>/checkpoint-N`` and only then rotates the older
 ones. A SIGKILL at any moment leaves the previous complete checkpoint in place and at most a hidden staging directory,
 removed by the next save. The files are fsynced before the rename so that a machine crash cannot leave a renamed
-checkpoint with empty files either.
+checkpoint with empty files either. With ``push_to_hub`` and ``hub_strategy`` ``checkpoint`` / ``all_checkpoints``
+the upload starts from the renamed checkpoint, not from the staging directory.
+
+``publish_model`` does the same for the final model, which shares ``output_dir`` with the checkpoints and the logs:
+file by file, ``config.json`` (the file that makes a directory a model directory) removed first and put back last.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 STAGING_GLOB = f".{PREFIX_CHECKPOINT_DIR}-*"
 
 
-def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
-    """The newest ``checkpoint-N`` of ``folder`` that holds ``trainer_state.json``; None when there is none.
+def last_complete_checkpoint(folder: str | os.PathLike, before: int | None = None) -> str | None:
+    """The newest ``checkpoint-N`` of ``folder`` (with ``N < before`` if given) that holds ``trainer_state.json``; None
+    when there is none.
 
     Our checkpoints are complete by construction (renamed into place); ``trainer_state.json`` is also the last file
     that plain transformers writes in place, so a checkpoint of an older run cut short mid-save is skipped too.
@@ -44,6 +49,7 @@ def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
         for name in os.listdir(folder)
         if (match := CHECKPOINT_NAME.match(name)) and os.path.isfile(os.path.join(folder, name, TRAINER_STATE_NAME))
     ]
+    steps = [(step, name) for step, name in steps if before is None or step < before]
     return os.path.join(folder, max(steps)[1]) if steps else None
 
 
@@ -71,6 +77,32 @@ def publish_checkpoint(staged: str, final: str) -> None:
     _fsync(os.path.dirname(final))  # the rename itself survives a crash
 
 
+MODEL_MARKERS = ("config.json", "adapter_config.json")  # what makes a directory a model (or a LoRA adapter)
+WEIGHT_FILE = re.compile(r"^(model|pytorch_model|adapter_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
+
+
+def publish_model(staged: str, output_dir: str) -> None:
+    """Move the model saved in ``staged`` into ``output_dir``, which holds other things (checkpoints, logs).
+
+    Each file is renamed in whole. ``config.json`` and the weights of an earlier model go first, the weight index and
+    ``config.json`` come last: a run killed in between leaves a directory that ``from_pretrained`` (and
+    ``eksft.loading.load_tokenizer``: "it has no config.json") refuses, and never a mix of old and new weights.
+    """
+    _fsync_tree(staged)
+    for name in os.listdir(output_dir):
+        if (name in MODEL_MARKERS or WEIGHT_FILE.match(name)) and os.path.isfile(os.path.join(output_dir, name)):
+            os.remove(os.path.join(output_dir, name))
+    _fsync(output_dir)
+    for name in sorted(os.listdir(staged), key=lambda name: (name in MODEL_MARKERS, name.endswith(".index.json"))):
+        source, target = os.path.join(staged, name), os.path.join(output_dir, name)
+        if os.path.isdir(source):
+            replace_directory(Path(source), Path(target))
+        else:
+            os.replace(source, target)
+    os.rmdir(staged)
+    _fsync(output_dir)
+
+
 class AtomicCheckpoints:
     """Trainer mixin (before the Trainer class in the bases): ``_save_checkpoint`` through a staging directory.
 
@@ -80,9 +112,16 @@ class AtomicCheckpoints:
     """
 
     _checkpoint_staging: str | None = None
+    _push_pending = False
 
     def _get_output_dir(self, trial) -> str:
         return self._checkpoint_staging or super()._get_output_dir(trial)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if self._checkpoint_staging is not None:  # the Trainer's push of the staged checkpoint: once it is renamed
+            self._push_pending = True
+            return
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def _save_checkpoint(self, model, trial) -> None:
         run_dir = self._get_output_dir(trial)
@@ -107,6 +146,10 @@ class AtomicCheckpoints:
         self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, optimizer shards)
         if self.args.should_save:
             publish_checkpoint(staged, final)
+        if self._push_pending:  # only process 0 pushes, and it has renamed the checkpoint
+            self._push_pending = False
+            self._push_from_checkpoint(final)
+        if self.args.should_save:
             rotate_checkpoints(
                 output_dir=run_dir,
                 save_total_limit=self.args.save_total_limit,

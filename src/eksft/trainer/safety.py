@@ -5,16 +5,21 @@
   which torch optimizers treat as "no gradient", so neither the parameters nor the optimizer state (AdamW moments,
   step count) move. The learning-rate schedule still advances: the step and its data are consumed. Each training log
   line carries ``nonfinite_steps`` (the total skipped in this ``train()`` call; 0 again after a resume), and a
-  warning names the step. After ``max_nonfinite_steps`` skipped steps in a row the run ends without saving anything
-  more and ``train()`` raises ``NonFiniteTrainingError``, naming the last complete checkpoint. (``EKSFTTrainer``
-  computes its statistics with ``check_finite=False``, so that a NaN from the model reaches this check.)
+  warning names the step. A checkpoint that falls due at a skipped step is not saved (with ``save_total_limit`` it
+  would rotate away the one from before the bad steps). After ``max_nonfinite_steps`` skipped steps in a row the run
+  ends without saving anything more and ``train()`` raises ``NonFiniteTrainingError``, naming the last complete
+  checkpoint from before these steps. (``EKSFTTrainer`` computes its statistics with ``check_finite=False``, so that a
+  NaN from the model reaches this check.)
 * **fp16 with a GradScaler**: the scaler already skips steps whose gradients overflow and lowers its scale (the
   first steps of a run routinely do), so the gradients are left to it and only a non-finite *loss* is counted.
-  **DeepSpeed** steps inside ``backward``; its steps are counted from the loss but cannot be skipped here.
+  **DeepSpeed** steps inside ``backward``; its steps are counted from the loss (and stop the run) but are not skipped,
+  and the messages say so.
 * **Interruption.** SIGINT and SIGTERM (main thread only; installed for the duration of ``train()``) set a flag; at
   the end of the current optimizer step every process saves the same checkpoint and stops, and ``train()`` raises
-  ``TrainingInterrupted``. The first signal restores the handlers that were there before, so a second one aborts at
-  once (KeyboardInterrupt for SIGINT, termination for SIGTERM).
+  ``TrainingInterrupted`` (or returns normally when that step was the last one: the run is complete). The handlers
+  stay until ``train()`` returns: further SIGTERMs are ignored (under SLURM + torchrun each process often gets two
+  within milliseconds: the scheduler's and the one torchrun forwards), and only a second SIGINT (Ctrl-C twice: a
+  person) aborts at once with a ``KeyboardInterrupt``.
 * **Agreement.** Both flags are reduced (max) over processes once per optimizer step, so that every rank skips the
   same steps, stops at the same step and writes its part of the same checkpoint.
 * **Checkpoints** appear only when complete, and resuming with ``resume_from_checkpoint=True`` only picks complete
@@ -77,8 +82,9 @@ class TrainingGuard(TrainerCallback):
     by the signal handler) feed it; without them it still checks the gradients, so it also works as a plain callback.
     """
 
-    def __init__(self, max_nonfinite_steps: int = DEFAULT_MAX_NONFINITE_STEPS):
+    def __init__(self, max_nonfinite_steps: int = DEFAULT_MAX_NONFINITE_STEPS, deepspeed: bool = False):
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.deepspeed = deepspeed  # the engine steps inside backward: bad steps are counted, not skipped
         self.reset()
 
     def reset(self) -> None:
@@ -87,6 +93,8 @@ class TrainingGuard(TrainerCallback):
         self.stop_signal = 0  # agreed by every process
         self.in_a_row = 0
         self.total = 0
+        self.step_was_bad = False  # the step that just ended
+        self.first_bad_step: int | None = None  # the first step of the current run of bad steps
         self.failed_at: int | None = None  # the step at which max_nonfinite_steps was reached
 
     def note_loss(self, loss: torch.Tensor) -> None:
@@ -119,12 +127,15 @@ class TrainingGuard(TrainerCallback):
         self.loss_nonfinite = None
         self.stop_signal = int(signum)
         step = state.global_step + 1  # the step being taken
-        if not (loss_bad or grads_bad):
+        self.step_was_bad = bool(loss_bad or grads_bad)
+        if not self.step_was_bad:
             self.in_a_row = 0
             return
         if scaler is None:
             for p in parameters:
                 p.grad = None  # torch optimizers skip parameters without gradient: no update, no state change
+        if self.in_a_row == 0:
+            self.first_bad_step = step
         self.in_a_row += 1
         self.total += 1
         what = " and ".join(name for name, bad in (("loss", loss_bad), ("gradients", grads_bad)) if bad)
@@ -132,9 +143,11 @@ class TrainingGuard(TrainerCallback):
             self.failed_at = step
         if state.is_world_process_zero:
             limit = f"the run stops at {self.max_nonfinite_steps}" if self.max_nonfinite_steps else "no limit"
+            done = "optimizer step skipped"
+            if self.deepspeed:
+                done = "counted, not skipped: DeepSpeed steps inside backward"
             logger.warning(
-                f"step {step}: non-finite {what}; optimizer step skipped ({self.in_a_row} in a row, {limit}; "
-                f"{self.total} in total)"
+                f"step {step}: non-finite {what}; {done} ({self.in_a_row} in a row, {limit}; {self.total} in total)"
             )
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -143,47 +156,68 @@ class TrainingGuard(TrainerCallback):
             control.should_log = True  # the line with the final count, whatever logging_steps is
             control.should_save = self.failed_at is None  # an interruption saves; a failure keeps the last good one
             control.should_evaluate = False
+        if self.step_was_bad and not self.stop_signal:  # no scheduled save either: its rotation could delete the
+            control.should_save = False  # checkpoint from before these steps
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if self.stopping:  # the interruption's checkpoint was saved at the step end; nothing more
             control.should_save = False
             control.should_evaluate = False
+        if self.step_was_bad:  # the epoch's last step was bad: no checkpoint of it (as in on_step_end)
+            control.should_save = False
 
     def failure_message(self, output_dir: str) -> str:
-        checkpoint = last_complete_checkpoint(output_dir)
-        resume = (
-            f"The last good checkpoint is {checkpoint} (the skipped steps did not change weights or optimizer); "
-            "resume from it with --resume_from_checkpoint last"
-            if checkpoint
-            else f"No checkpoint was saved in {output_dir} (save_strategy / save_steps)"
+        checkpoint = last_complete_checkpoint(output_dir, before=self.first_bad_step)
+        if checkpoint is None:
+            resume = f"No checkpoint from before these steps is in {output_dir} (save_strategy / save_steps)"
+        else:
+            option = "last" if checkpoint == last_complete_checkpoint(output_dir) else checkpoint
+            resume = (
+                f"The last good checkpoint is {checkpoint}, saved before step {self.first_bad_step}. Resuming it "
+                f"(--resume_from_checkpoint {option}) restores its optimizer and learning-rate schedule: the run goes "
+                "on with the same settings. To change the learning rate or the precision, start a fresh run from its "
+                f"weights (--model_name_or_path {checkpoint} and a new --output_dir)"
+            )
+        applied = (
+            "DeepSpeed applied these steps, as it steps inside backward: the weights after them are not to be used"
+            if self.deepspeed
+            else "the skipped steps did not change the weights or the optimizer"
         )
         return (
             f"step {self.failed_at}: the loss or the gradients were NaN/inf for {self.in_a_row} optimizer steps in a "
-            f"row (max_nonfinite_steps={self.max_nonfinite_steps}); stopped without saving the model. {resume}. "
-            "To try: a lower learning_rate (or more warm-up), fp32 instead of bf16/fp16 (--bf16 false --dtype "
-            "float32), a smaller max_grad_norm, and check the data of these steps (empty or very long responses)."
+            f"row (max_nonfinite_steps={self.max_nonfinite_steps}); stopped without saving the model ({applied}). "
+            f"{resume}. To try: a lower learning_rate (or more warm-up), fp32 instead of bf16/fp16 (--bf16 false "
+            "--dtype float32), a smaller max_grad_norm, and check the data of these steps (empty or very long "
+            "responses)."
         )
 
 
 @contextlib.contextmanager
 def stop_on_signals(request_stop):
-    """SIGINT / SIGTERM call ``request_stop(signum)`` once, then the previous handlers are back (a second one aborts)."""
+    """The first SIGINT / SIGTERM calls ``request_stop(signum)``. The handlers stay until the block ends: a further
+    SIGTERM is ignored (a launcher and a scheduler often send one each), a second SIGINT raises KeyboardInterrupt."""
     if threading.current_thread() is not threading.main_thread():  # signal handlers can only be set there
         yield
         return
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    received = []
 
     def restore() -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
     def handler(signum, frame) -> None:
-        restore()
-        request_stop(signum)
         name = signal.Signals(signum).name
         # os.write: print() from a signal handler can fail with "reentrant call" while the loop is printing
-        os.write(2, f"\n{name} received: stopping at the end of this step and saving a checkpoint; "
-                    f"send {name} again to abort at once\n".encode())  # fmt: skip
+        if not received:
+            received.append(signum)
+            request_stop(signum)
+            os.write(2, f"\n{name} received: stopping at the end of this step and saving a checkpoint; "
+                        "a further SIGINT (Ctrl-C) aborts at once\n".encode())  # fmt: skip
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        else:
+            os.write(2, f"\n{name} ignored: already stopping at the end of this step with a checkpoint\n".encode())
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, handler)
@@ -200,7 +234,7 @@ class SafeTraining(AtomicCheckpoints):
         super().__init__(*args, **kwargs)
         limit = getattr(self.args, "max_nonfinite_steps", DEFAULT_MAX_NONFINITE_STEPS)  # plain TRL configs lack it
         check_max_nonfinite_steps(limit)
-        self.guard = TrainingGuard(limit)
+        self.guard = TrainingGuard(limit, deepspeed=self.is_deepspeed_enabled)
         self.add_callback(self.guard)
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
@@ -213,7 +247,7 @@ class SafeTraining(AtomicCheckpoints):
             output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
         if self.guard.failed_at is not None:
             raise NonFiniteTrainingError(self.guard.failure_message(self.args.output_dir))
-        if self.guard.stop_signal:
+        if self.guard.stop_signal and self.state.global_step < self.state.max_steps:  # else every step ran: finished
             saved = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             checkpoint = saved if os.path.isdir(saved) else None
             raise TrainingInterrupted(self.guard.stop_signal, self.state.global_step, checkpoint)
