@@ -49,7 +49,8 @@ def main(argv: list[str]) -> int:
     if (config.model_init_kwargs or {}).get("use_safetensors", True):  # before reading the data: fail fast
         check_safetensors_weights(model_args.model_name_or_path, "--model_name_or_path")
     if not tokenizer.chat_template:
-        raise UserError(f"the tokenizer of {model_args.model_name_or_path!r} has no chat template; GRPO prompts are chats")
+        raise UserError(f"the tokenizer of {model_args.model_name_or_path!r} has no chat template; GRPO prompts are "
+                        "chats: use the output directory of eksft sft, or add a chat_template to its tokenizer")  # fmt: skip
     dataset, report = load_prompts(data_args)
     if config.process_index == 0:
         print(report, flush=True)

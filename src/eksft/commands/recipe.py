@@ -31,14 +31,18 @@ def parse_recipe(dataclass_types: tuple, argv: list[str], prog: str) -> tuple:
         index = argv.index("--config") + 1
         if index >= len(argv) or not os.path.isfile(argv[index]):
             raise UserError(
-                f"config file not found: {argv[index] if index < len(argv) else '(missing after --config)'}"
+                f"config file not found: {argv[index] if index < len(argv) else '(missing after --config)'}; give the path of "
+                "a YAML recipe, e.g. configs/tiny_cpu.yaml"
             )
     try:
         parsed = tuple(parser.parse_args_and_config(argv))
     except yaml.YAMLError as err:
-        raise UserError(f"cannot read the config file: {err}") from None
+        raise UserError(f"cannot read the config file: {err}; fix the YAML there") from None
     except (ValueError, TypeError) as err:  # the config dataclasses validate their values, naming the field
-        raise UserError(_unknown_options(str(err), argv, prog) or f"invalid configuration: {err}") from None
+        raise UserError(
+            _unknown_options(str(err), argv, prog) or f"invalid configuration: {err} (change that option on the command line "
+            "or in the --config file)"
+        ) from None
     check_writable(parsed[1].output_dir, "--output_dir")  # the config is second: (data, config, model)
     return parsed
 
