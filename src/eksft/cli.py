@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"eksft {name}: error: {err}", file=sys.stderr)
         return 2
+    except SystemExit as exit_:  # argparse exits on --help and on bad usage, after printing the usage
+        return exit_.code if isinstance(exit_.code, int) else 2
     except KeyboardInterrupt:
         print(f"eksft {name}: interrupted", file=sys.stderr)
         return 130

@@ -369,10 +369,7 @@ def _say(message: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # argparse exits on --help and on bad usage; report it as a return code instead
-        return exit_.code if isinstance(exit_.code, int) else 2
+    args = build_parser().parse_args(argv)
     _check_numbers(args)
     output_dir = Path(args.output_dir).expanduser().absolute()
     _check_output_dir(output_dir, args.overwrite)

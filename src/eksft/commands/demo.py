@@ -55,10 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help, or a bad option (argparse printed the usage)
-        return exit_.code if isinstance(exit_.code, int) else 2
+    args = parser.parse_args(argv)
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     if args.threads is not None and args.threads < 1:

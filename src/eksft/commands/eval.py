@@ -142,10 +142,7 @@ def _load_and_evaluate(args, benchmarks, tokenizer, settings, runs) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # argparse exits on --help and on bad usage
-        return exit_.code if isinstance(exit_.code, int) else 2
+    args = build_parser().parse_args(argv)
     if args.report:
         return _report(args)
     for flag, value in (("--model", args.model), ("--benchmark", args.benchmark), ("--output-dir", args.output_dir)):

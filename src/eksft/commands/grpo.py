@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UserError
-from .recipe import finish, parse_recipe, resolve_resume, run_training, save_final_model
+from .recipe import create_trainer, load_policy_tokenizer, parse_recipe, resolve_resume, train_and_save
 
 
 def parse(argv: list[str]):
@@ -32,22 +32,15 @@ def parse(argv: list[str]):
 
 
 def main(argv: list[str]) -> int:
-    try:
-        data_args, config, model_args = parse(argv)
-    except SystemExit as exit_:  # argparse exits on --help and on unknown flags (after printing the usage)
-        return exit_.code if isinstance(exit_.code, int) else 2
+    data_args, config, model_args = parse(argv)
 
     from trl import get_peft_config, get_quantization_config
 
     from ..evaluation.generation import vllm_available
     from ..grpo import build_trainer, load_prompts, reward_functions
-    from ..loading import check_safetensors_weights, load_tokenizer
 
     reward_functions(data_args.reward_funcs)  # an unknown reward fails now, not after loading the model
-    tokenizer = load_tokenizer(model_args.model_name_or_path, "--model_name_or_path",
-                               revision=model_args.model_revision, trust_remote_code=config.trust_remote_code)  # fmt: skip
-    if (config.model_init_kwargs or {}).get("use_safetensors", True):  # before reading the data: fail fast
-        check_safetensors_weights(model_args.model_name_or_path, "--model_name_or_path")
+    tokenizer = load_policy_tokenizer(model_args, config)
     if not tokenizer.chat_template:
         raise UserError(f"the tokenizer of {model_args.model_name_or_path!r} has no chat template; GRPO prompts are "
                         "chats: use the output directory of eksft sft, or add a chat_template to its tokenizer")  # fmt: skip
@@ -60,28 +53,12 @@ def main(argv: list[str]) -> int:
         config.use_vllm = False
 
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)  # before loading the model: fail fast
-    config.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": config.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(config.model_init_kwargs or {}),
-    }
-    try:
-        trainer = build_trainer(
+    trainer = create_trainer(
+        lambda: build_trainer(
             model_args.model_name_or_path, config, dataset, data_args.reward_funcs, processing_class=tokenizer,
             peft_config=get_peft_config(model_args), quantization_config=get_quantization_config(model_args),
-        )  # fmt: skip
-    except OSError as err:
-        raise UserError(f"cannot load the model {model_args.model_name_or_path!r}: {err}") from None
-    except ValueError as err:  # TRL checks the combination of model, data and options
-        raise UserError(str(err)) from None
-
-    stopped = run_training(trainer, resume, "eksft grpo", argv)
-    if stopped is not None:
-        return stopped
-    save_final_model(trainer, config.output_dir)  # with the tokenizer (the trainer's processing_class)
-    if trainer.is_world_process_zero():
-        print(f"saved the model to {config.output_dir}", flush=True)
-    finish(trainer)
-    return 0
+        ),
+        model_args,
+        config,
+    )  # fmt: skip
+    return train_and_save(trainer, resume, "eksft grpo", argv)

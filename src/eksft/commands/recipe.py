@@ -99,8 +99,38 @@ def resume_command(prog: str, argv: list[str]) -> str:
     return f"{prog} {shlex.join([*kept, '--resume_from_checkpoint', 'last'])}"
 
 
-def run_training(trainer, resume: str | None, prog: str, argv: list[str]) -> int | None:
-    """``trainer.train()``: None when it finished, else the exit code.
+def load_policy_tokenizer(model_args, config):
+    """The tokenizer of ``--model_name_or_path``, after refusing pickle-only weights: both before any data is read."""
+    from ..loading import check_safetensors_weights, load_tokenizer
+
+    name = model_args.model_name_or_path
+    tokenizer = load_tokenizer(name, "--model_name_or_path", revision=model_args.model_revision,
+                               trust_remote_code=config.trust_remote_code)  # fmt: skip
+    if (config.model_init_kwargs or {}).get("use_safetensors", True):
+        check_safetensors_weights(name, "--model_name_or_path")
+    return tokenizer
+
+
+def create_trainer(build, model_args, config):
+    """``build()``, with the model loaded by TRL from its path as trl/scripts do; what TRL and the reference reject
+    (a model that cannot load, a combination of model, data and options) becomes a ``UserError``."""
+    config.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": config.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(config.model_init_kwargs or {}),
+    }
+    try:
+        return build()
+    except OSError as err:
+        raise UserError(f"cannot load the model {model_args.model_name_or_path!r}: {err}") from None
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def train_and_save(trainer, resume: str | None, prog: str, argv: list[str]) -> int:
+    """``trainer.train()``, then the final model in ``output_dir``; returns the exit code.
 
     SIGINT / SIGTERM: the trainer saved a checkpoint; say where and how to resume, and exit 128 + the signal number
     (130, 143) without saving a final model. Too many NaN/inf steps: ``NonFiniteTrainingError`` (a ``UserError``,
@@ -119,7 +149,11 @@ def run_training(trainer, resume: str | None, prog: str, argv: list[str]) -> int
     except NonFiniteTrainingError:
         finish(trainer)
         raise
-    return None
+    save_final_model(trainer, trainer.args.output_dir)  # with the tokenizer (the trainer's processing_class)
+    if trainer.is_world_process_zero():
+        print(f"saved the model to {trainer.args.output_dir}", flush=True)
+    finish(trainer)
+    return 0
 
 
 def save_final_model(trainer, output_dir: str) -> None:

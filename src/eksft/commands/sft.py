@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from .recipe import finish, parse_recipe, resolve_resume, run_training, save_final_model
+from .recipe import create_trainer, load_policy_tokenizer, parse_recipe, resolve_resume, train_and_save
 
 
 @dataclass
@@ -59,25 +59,14 @@ def parse(argv: list[str]):
 
 
 def main(argv: list[str]) -> int:
-    try:
-        data_args, config, model_args = parse(argv)
-    except SystemExit as exit_:  # argparse exits on --help and on unknown flags (after printing the usage)
-        return exit_.code if isinstance(exit_.code, int) else 2
+    data_args, config, model_args = parse(argv)
 
     from trl import get_peft_config, get_quantization_config
 
     from ..data import load_training_data
-    from ..loading import check_safetensors_weights, load_tokenizer
     from ..trainer import EKSFTTrainer
 
-    tokenizer = load_tokenizer(
-        model_args.model_name_or_path,
-        "--model_name_or_path",
-        revision=model_args.model_revision,
-        trust_remote_code=config.trust_remote_code,
-    )
-    if (config.model_init_kwargs or {}).get("use_safetensors", True):  # before reading the data: fail fast
-        check_safetensors_weights(model_args.model_name_or_path, "--model_name_or_path")
+    tokenizer = load_policy_tokenizer(model_args, config)
     dataset, report = load_training_data(
         data_args.dataset_name,
         tokenizer,
@@ -94,34 +83,16 @@ def main(argv: list[str]) -> int:
         print(report, flush=True)
 
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
-
-    # The model is loaded by TRL from its path, as trl/scripts/sft.py does
-    config.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": config.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(config.model_init_kwargs or {}),
-    }
-    try:
-        trainer = EKSFTTrainer(
+    trainer = create_trainer(
+        lambda: EKSFTTrainer(
             model_args.model_name_or_path,
             args=config,
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=get_peft_config(model_args),
             quantization_config=get_quantization_config(model_args),
-        )
-    except OSError as err:
-        raise UserError(f"cannot load the model {model_args.model_name_or_path!r}: {err}") from None
-    except ValueError as err:  # TRL and the reference check the combination of model, data and options
-        raise UserError(str(err)) from None
-
-    stopped = run_training(trainer, resume, "eksft sft", argv)
-    if stopped is not None:
-        return stopped
-    save_final_model(trainer, config.output_dir)
-    if trainer.is_world_process_zero():
-        print(f"saved the model to {config.output_dir}", flush=True)
-    finish(trainer)
-    return 0
+        ),
+        model_args,
+        config,
+    )
+    return train_and_save(trainer, resume, "eksft sft", argv)

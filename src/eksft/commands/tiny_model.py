@@ -36,10 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # argparse exits on --help and on bad usage; report it as a return code instead
-        return exit_.code if isinstance(exit_.code, int) else 2
+    args = build_parser().parse_args(argv)
     if args.pretrain_steps < 0:
         raise UserError(f"--pretrain-steps must be >= 0, got {args.pretrain_steps}")
 
