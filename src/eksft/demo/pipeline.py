@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ..cache import cache_root
 from ..errors import UserError
 from .world import STYLES, Problem, Task, chat_messages, format_document
 
@@ -330,12 +331,6 @@ def shift_conversations(profile: Profile) -> list[list[dict]]:
 
 
 # ---- the base model and its cache -------------------------------------------------------------------------------------
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """``cache_dir``, else ``$EKSFT_CACHE``, else ``~/.cache/eksft``."""
-    chosen = cache_dir or os.environ.get("EKSFT_CACHE") or Path.home() / ".cache" / "eksft"
-    return Path(chosen).expanduser().absolute()
 
 
 def base_model_dir(config: BaseModelConfig, cache_dir: str | os.PathLike | None = None) -> Path:
