@@ -27,3 +27,15 @@ def tiny_model_dir(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("models") / "tiny"
     build_tiny_model(path, progress=False)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> str:
+    """SmolLM2-135M-Instruct (float32 from its GGUF file), as `eksft smollm2 DIR` writes it for a user.
+
+    Built once into the eksft cache (about 30 s), then copied. Installed by `make install`: never skipped.
+    """
+    from eksft.smollm2 import write_smollm2
+
+    path, _ = write_smollm2(tmp_path_factory.mktemp("models") / "smollm2")
+    return str(path)

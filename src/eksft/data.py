@@ -63,6 +63,8 @@ class DataReport:
     max_length: int | None = None
     dropped: Counter = field(default_factory=Counter)  # reason -> rows
     dropped_rows: dict[str, list[int]] = field(default_factory=dict)  # reason -> first row numbers
+    notes: list[str] = field(default_factory=list)  # what was done to the rows, one line each
+    split_conversations: bool = False  # conversations became prompt-completion rows (``responses_only``)
 
     def drop(self, reason: str, row: int) -> None:
         self.dropped[reason] += 1
@@ -79,6 +81,7 @@ class DataReport:
             f"data: {self.source} (layout {self.layout}): {self.rows_read} rows read{of_source}, {self.kept} kept{truncated}, "
             f"{sum(self.dropped.values())} dropped"
         ]
+        lines += [f"  {note}" for note in self.notes]
         for reason, count in self.dropped.most_common():
             rows = ", ".join(map(str, self.dropped_rows[reason]))
             lines.append(
@@ -312,6 +315,31 @@ def convert_rows(
     return examples, report
 
 
+def responses_only(examples: list[tuple[int, dict]], tokenizer, source: str, report: DataReport):
+    """``messages`` rows as prompt-completion rows, one per assistant turn, when the tokenizer's chat template cannot
+    mark the assistant tokens (``eksft.templates``); other rows, and templates that can, are left as they are."""
+    from .templates import can_mask_assistant, check_prefix, split_conversation
+
+    conversations = sum("messages" in example for _, example in examples)
+    if not conversations or can_mask_assistant(tokenizer):
+        return examples
+    rows = []
+    for number, example in examples:
+        if "messages" not in example:
+            rows.append((number, example))
+            continue
+        for row in split_conversation(example["messages"]):
+            check_prefix(tokenizer, row, f"{source}: row {number}")
+            rows.append((number, row))
+    report.split_conversations = True
+    report.notes.append(
+        f"the chat template has no {{% generation %}} markers: {conversations} conversations became "
+        f"{conversations - len(examples) + len(rows)} prompt-completion rows, one per assistant turn, so that only "
+        "the responses are trained"
+    )
+    return rows
+
+
 # ---- lengths ------------------------------------------------------------------------------------------------------
 
 
@@ -356,12 +384,14 @@ def load_training_data(
     shuffle_seed: int | None = None,
     bad_rows: str = "error",
     max_length: int | None = None,
+    assistant_only_loss: bool | None = None,
 ):
     """Read, convert and length-check a dataset; returns a ``datasets.Dataset`` for TRL and the ``DataReport``.
 
     ``max_rows`` keeps the first rows (of a seeded shuffle with ``shuffle_seed``); row numbers in messages are
-    always those of the source. Raises ``UserError``
-    when nothing is left to train on.
+    always those of the source. Unless ``assistant_only_loss`` is False, conversations whose template cannot mark
+    the assistant tokens become prompt-completion rows (``responses_only``). Raises ``UserError`` when nothing is
+    left to train on.
     """
     import datasets
 
@@ -379,6 +409,8 @@ def load_training_data(
         row_numbers=numbers,
     )
     report.rows_in_source = len(rows)
+    if assistant_only_loss is not False:
+        examples = responses_only(examples, tokenizer, name_or_path, report)
     examples = limit_length(examples, tokenizer, max_length, report)
     if not examples:
         raise UserError(f"no rows left to train on after filtering\n{report}")

@@ -634,9 +634,10 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_checkpoint(tiny_model_dir, d
     log = run.stdout + run.stderr
     assert run.returncode != 0  # torchrun reports its workers' exit codes
     # 143 from the process itself, or -15 when torchrun's teardown (it sends SIGTERM to the others once one worker
-    # has exited) reaches it after its checkpoint and its message
+    # has exited) reaches it after its checkpoint and its message. Either rank can exit first: on a loaded machine
+    # rank 0 sometimes does, and rank 1 (the one the signal was sent to) then reads -15.
     exits = dict(re.findall(r"rank\s+: (\d) \(local_rank: \d\)\s+exitcode\s+: (-?\d+)", log))
-    assert exits.get("1") == "143" and exits.get("0") in ("143", "-15"), log[-3000:]
+    assert sorted(exits.values()) in (["143", "143"], ["-15", "143"]) and set(exits) == {"0", "1"}, log[-3000:]
     assert f"eksft sft: interrupted by SIGTERM at step 2: saved {out / 'checkpoint-2'}" in log, log[-3000:]
     names = {p.name for p in (out / "checkpoint-2").iterdir()}
     assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json", "model.safetensors"} <= names

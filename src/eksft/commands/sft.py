@@ -58,6 +58,18 @@ def parse(argv: list[str]):
     return data_args, config, model_args
 
 
+def use_chat_template_file(tokenizer, path: str | None) -> None:
+    """``--chat_template_path FILE.jinja`` replaces the tokenizer's template before the data are read (TRL applies it
+    again in the trainer); a model id or directory there is left to TRL, which copies that model's template."""
+    if path is None or not path.endswith((".jinja", ".j2")):
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            tokenizer.chat_template = handle.read()
+    except OSError as err:
+        raise UserError(f"--chat_template_path {path}: cannot read it ({err.strerror}); give a .jinja file") from None
+
+
 def main(argv: list[str]) -> int:
     data_args, config, model_args = parse(argv)
 
@@ -67,6 +79,7 @@ def main(argv: list[str]) -> int:
     from ..trainer import EKSFTTrainer
 
     tokenizer = load_policy_tokenizer(model_args, config)
+    use_chat_template_file(tokenizer, config.chat_template_path)
     dataset, report = load_training_data(
         data_args.dataset_name,
         tokenizer,
@@ -78,7 +91,10 @@ def main(argv: list[str]) -> int:
         shuffle_seed=data_args.dataset_shuffle_seed,
         bad_rows=data_args.bad_rows,
         max_length=config.max_length,
+        assistant_only_loss=config.assistant_only_loss,
     )
+    if report.split_conversations:  # TRL's completion mask trains the responses, not assistant masks
+        config.assistant_only_loss = False
     if config.process_index == 0:
         print(report, flush=True)
 

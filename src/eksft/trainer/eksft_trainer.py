@@ -14,6 +14,7 @@ grad, reference, policy with grad); this one runs two, one of them without grad.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import torch
@@ -27,6 +28,7 @@ from trl.models.utils import _ForwardRedirection
 from ..chunked import chunked_token_stats, hidden_states, lm_head_of
 from ..objectives import OBJECTIVES, compute_objective
 from ..stats import TokenStats, token_stats
+from ..templates import can_mask_assistant, conversations_to_prompt_completion
 from .eksft_config import EKSFTConfig
 from .reference import (
     build_reference,
@@ -38,6 +40,8 @@ from .reference import (
 )
 from .safety import SafeTraining
 from .weights import use_safetensors
+
+logger = logging.getLogger(__name__)
 
 # ObjectiveOutput.metrics that are terms of the loss, normalised like it (see `_micro_batch_metrics`)
 LOSS_TERMS = ("ce", "entropy_term", "kl_term")
@@ -84,11 +88,10 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
         self.ref_model_mode = resolve_ref_model_mode(args.ref_model_mode, is_peft)
         if ref_model is not None and self.ref_model_mode != "copy":
             raise ValueError("ref_model is only used with ref_model_mode='copy' (or 'auto' without PEFT)")
-        if args.assistant_only_loss is None and train_dataset is not None:
-            # The paper trains on response tokens only: assistant turns of a conversation. Prompt-completion data
-            # is already limited to the completion by TRL (completion_only_loss), and plain text has no turns.
-            example = next(iter(train_dataset))
-            args.assistant_only_loss = is_conversational(example) and "prompt" not in example
+        if args.assistant_only_loss is not False and train_dataset is not None:
+            processing_class, train_dataset, eval_dataset = self._train_responses_only(
+                model, args, processing_class, train_dataset, eval_dataset
+            )
 
         use_safetensors(model, args, "model")
         if self.objective.needs_reference and self.ref_model_mode == "copy" and ref_model is None:
@@ -124,6 +127,44 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
                 self.ref_model = build_reference(self.model, args, self.accelerator, **accelerated)
 
         self._redirect = _ForwardRedirection()
+
+    @staticmethod
+    def _train_responses_only(model, args, processing_class, train_dataset, eval_dataset):
+        """The paper trains on the responses only. ``assistant_only_loss`` None (auto) or True, for conversational
+        ``messages`` data: TRL's assistant masks when the template can give them, else the conversations become
+        prompt-completion rows, one per assistant turn (``eksft.templates``), whose completion mask TRL applies.
+        Prompt-completion data is already limited to the completion by TRL, and plain text has no turns."""
+        example = next(iter(train_dataset))
+        if not (is_conversational(example) and "messages" in example):
+            args.assistant_only_loss = False if args.assistant_only_loss is None else args.assistant_only_loss
+            return processing_class, train_dataset, eval_dataset
+        if processing_class is None:  # loaded here as SFTTrainer would, to read its template
+            from transformers import AutoProcessor
+            from trl.trainer.utils import get_config_model_id
+
+            name = model if isinstance(model, str) else get_config_model_id(model.config)
+            revision = (args.model_init_kwargs or {}).get("revision")
+            processing_class = AutoProcessor.from_pretrained(name, revision=revision,
+                                                             trust_remote_code=args.trust_remote_code)  # fmt: skip
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a VLM processor holds one
+        if args.chat_template_path and args.chat_template_path.endswith((".jinja", ".j2")):
+            with open(args.chat_template_path, encoding="utf-8") as handle:  # as SFTTrainer will apply it
+                tokenizer.chat_template = handle.read()
+        if can_mask_assistant(tokenizer):
+            args.assistant_only_loss = True
+            return processing_class, train_dataset, eval_dataset
+        logger.warning(
+            "The chat template has no {% generation %} markers and TRL has no patched version of it: each "
+            "conversation is split into prompt-completion rows, one per assistant turn, so that only the "
+            "responses are trained (eksft.templates)."
+        )
+        args.assistant_only_loss = False
+        train_dataset = conversations_to_prompt_completion(train_dataset, tokenizer)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: conversations_to_prompt_completion(v, tokenizer) for k, v in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = conversations_to_prompt_completion(eval_dataset, tokenizer)
+        return processing_class, train_dataset, eval_dataset
 
     # ---- loss ---------------------------------------------------------------------------------------------------
 
