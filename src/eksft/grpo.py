@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from .errors import UserError
 from .evaluation.benchmarks import gold_text, is_local, read_hub_rows
+from .evaluation.runner import DEFAULT_PROMPT_TEMPLATE
 from .rewards import accuracy_reward, format_reward
 
 __all__ = ["REWARDS", "GRPODataArguments", "build_trainer", "load_prompts", "reward_functions"]
@@ -43,7 +44,9 @@ class GRPODataArguments:
     )
     prompt_template: str | None = field(
         default=None,
-        metadata={"help": "For string prompts: the user message, with {problem} replaced by the prompt (default: as is)."},
+        metadata={"help": "For string prompts: the user message, with {problem} replaced by the prompt (default: "
+                  "eksft eval's, '{problem}\\nPlease reason step by step, and put your final answer within "
+                  "\\boxed{}.', so that training and evaluation ask the same way; '{problem}' sends it as is)."},
     )
     system_prompt: str | None = field(default=None, metadata={"help": "System turn added to prompts that have none."})
     dataset_shuffle_seed: int | None = field(
@@ -89,7 +92,7 @@ def _lookup(row: dict, path: str):
 
 def _prompt_turns(value, args: GRPODataArguments, where: str) -> list[dict]:
     if isinstance(value, str):
-        text = args.prompt_template.replace("{problem}", value) if args.prompt_template else value
+        text = (args.prompt_template or DEFAULT_PROMPT_TEMPLATE).replace("{problem}", value)
         turns = [{"role": "user", "content": text}]
     elif isinstance(value, list) and value and all(
         isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), str) for t in value
