@@ -1,0 +1,550 @@
+"""``eksft demo --profile real``: the paper's SFT comparison on a real pretrained model, offline, on a CPU.
+
+Stages (one Python process; nothing is downloaded)::
+
+    base      SmolLM2-135M-Instruct from the eksft cache (``eksft.smollm2.ensure_smollm2``; built once from the GGUF)
+    sft       low-data SFT from the base with every objective, identical data and seed (``EKSFTTrainer``)
+    eval      avg@n and pass@k of the base and each SFT model on held-out word problems (the world's test split)
+    texts     KL(model || base), NLL and entropy per response token on held-out text of two kinds: MATH-500
+              solutions (math in another style than the SFT data) and hand-written non-math conversations (forgetting)
+    analysis  parameter drift per layer, the entropy/KL token-set IoU of SFT (``token_stats.jsonl``)
+    report    report.md (table, verdicts with their noise, plots) and results.json, report.md last
+
+Decisions, and why:
+
+* **Task.** The synthetic world's ``sum`` word problems, asked with a one-shot prompt, chosen by measuring the
+  base (docs/demo.md): MATH-500 (mixed levels, and level 1) and the world's problems asked zero-shot stayed at or
+  below 5% avg@n; with one worked example in the prompt the base solved 4 of 32 samples (12.5%), inside the
+  5-60% band that leaves SFT room to help and to hurt.
+* **Grading.** Zero-shot, the base almost never boxes its answer ("So the final answer is 16."), so a sample's
+  answer is its last ``\\boxed{}`` or, without one, its last number (``final_answer_text``), for every model alike.
+* **Prompt.** Every model gets the same prompt, one-shot: a worked example (a training-split ``sum`` problem as a
+  user turn, its ``stepwise`` solution as an assistant turn), then the problem as the user turn; no system turn
+  of our own, so SmolLM2's template inserts its default system prompt (the model was tuned with it). Without the
+  example the base solved none of the problems (docs/demo.md); with it, it solves some and boxes its answers. The
+  SFT rows use the same prompt (TRL applies the template to the conversational prompt-completion rows), so the
+  SFT models are evaluated on the prompt format they were trained on.
+* **SFT data.** Conversational prompt-completion rows (the user turn as above, the reference solution as the
+  completion): TRL then trains the completion tokens only, whatever the template (SmolLM2's has no
+  ``{% generation %}`` markers). The completion is the world's ``stepwise`` solution, ending in a boxed answer:
+  one annotator's style, few examples, several epochs.
+* **Held-out text.** MATH-500 level-3 solutions and hand-written general conversations (``real_data``).
+  The measures are taken on the assistant turn only (the prompt, identical for every model and
+  mostly template, would dilute them), per text and then token-weighted; the per-text means give the standard
+  errors of the report's verdicts. All models are measured in one pass over the texts, so the base runs once.
+* **Threads.** ``default_threads``: 1 on a shared 2-core machine (see its docstring for the measurements).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..errors import UserError
+from ..grading import extract_answer
+from .pipeline import (
+    Progress,
+    _check_output_dir,
+    _duration,
+    _finish,
+    _is_model_dir,
+    _json_safe,
+    _quiet_libraries,
+    _quiet_trainer,
+    _staging,
+    _trainer_callback,
+)
+from .real_data import KINDS, general_conversations, math_solutions, world_problems
+
+__all__ = ["REAL_PROFILE", "RealProfile", "measure_texts", "run_real_demo", "sft_rows"]
+
+SFT_STYLE = "stepwise"
+RESULTS_FILE, REPORT_FILE, SETTINGS_FILE = "results.json", "report.md", "demo.json"
+EXAMPLE_SEED = 7  # the one-shot example's problem stream (train split), apart from the SFT stream (seed 0)
+TEXT_KINDS = ("math", "general")
+
+
+@dataclass(frozen=True)
+class RealProfile:
+    """Sizes of every stage of the real-model profile. ``estimates`` are seconds per unit on 2 shared CPU cores,
+    used only for the ETA."""
+
+    name: str = "real"
+    objectives: tuple[str, ...] = ("nll", "eksft", "dft", "mask_only")
+    seed: int = 0
+    # SFT (low data: a few dozen examples, several epochs); the objectives' hyper-parameters are the paper's
+    sft_examples: int = 24
+    sft_steps: int = 18
+    sft_batch_size: int = 4
+    sft_lr: float = 1e-4
+    sft_max_length: int = 256
+    rho: float = 0.2
+    lambda_entropy: float = 0.05
+    lambda_kl: float = 0.05
+    # evaluation on the world's test split
+    eval_problems: int = 40
+    eval_samples: int = 4
+    eval_ks: tuple[int, ...] = (1, 2, 4)
+    eval_temperature: float = 0.3
+    eval_top_p: float = 1.0
+    eval_max_new_tokens: int = 128
+    eval_batch_size: int = 80
+    # held-out text
+    math_texts: int = 24
+    general_texts: int = 52
+    text_max_length: int = 384
+    estimates: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def validate(self) -> None:
+        from ..objectives import OBJECTIVES
+
+        unknown = [name for name in self.objectives if name not in OBJECTIVES]
+        if unknown or not self.objectives:
+            raise UserError(f"profile {self.name}: objectives {list(self.objectives)} must be a non-empty list of "
+                            f"{', '.join(OBJECTIVES)}")  # fmt: skip
+        if not all(1 <= k <= self.eval_samples for k in self.eval_ks):
+            raise UserError(f"profile {self.name}: every k of {self.eval_ks} must be in 1..{self.eval_samples}")
+        limits = {"eval_problems": 1000, "sft_examples": 1000, "math_texts": len(math_solutions()),
+                  "general_texts": len(general_conversations())}  # fmt: skip
+        for name, limit in limits.items():
+            if not 1 <= getattr(self, name) <= limit:
+                raise UserError(f"profile {self.name}: {name} must be in 1..{limit}, got {getattr(self, name)}")
+        for name in ("sft_steps", "sft_batch_size", "eval_samples", "eval_max_new_tokens", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"profile {self.name}: {name} must be at least 1, got {getattr(self, name)}")
+
+
+REAL_PROFILE = RealProfile(
+    estimates={"sft_step": 5.0, "eval_sample": 2.4, "text_model": 40.0, "model": 3.0, "drift": 2.0},
+)
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+
+
+def example_turns() -> list[dict]:
+    """The one-shot example: a training-split ``sum`` problem of its own stream and its ``stepwise`` solution."""
+    example = world_problems("train", 1, EXAMPLE_SEED)[0]
+    return [{"role": "user", "content": example.question},
+            {"role": "assistant", "content": example.solution(SFT_STYLE)}]  # fmt: skip
+
+
+def prompt_turns(problem: str) -> list[dict]:
+    """The prompt every model gets (see the module docstring): the one-shot example, then the problem as the user
+    turn; no system turn of ours, so the template adds its own."""
+    return [*example_turns(), {"role": "user", "content": problem}]
+
+
+def sft_rows(profile: RealProfile, tokenizer) -> list[dict]:
+    """Conversational prompt-completion rows: ``sft_examples`` training-split problems with their ``stepwise``
+    solution. Each must fit ``sft_max_length`` tokens: a truncated solution would lose its boxed answer."""
+    rows = []
+    for problem in world_problems("train", profile.sft_examples, profile.seed):
+        prompt = prompt_turns(problem.question)
+        completion = [{"role": "assistant", "content": problem.solution(SFT_STYLE)}]
+        length = len(_token_ids(tokenizer, prompt + completion))
+        if length > profile.sft_max_length:
+            raise UserError(f"an SFT example has {length} tokens, more than sft_max_length={profile.sft_max_length}")
+        rows.append({"prompt": prompt, "completion": completion, "answer": problem.gold})
+    return rows
+
+
+def _token_ids(tokenizer, conversation: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    """The conversation through the chat template, as token ids (the template writes any special tokens)."""
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def eval_problems(profile: RealProfile) -> list[dict]:
+    """The held-out problems (test split), as ``{"problem", "answer"}``; the same for every model."""
+    return [{"problem": p.question, "answer": p.gold} for p in world_problems("test", profile.eval_problems)]
+
+
+def held_out_conversations(profile: RealProfile) -> dict[str, list[list[dict]]]:
+    """The two kinds of held-out text: level-3 MATH-500 problems with their solutions, and general conversations."""
+    math = [[{"role": "user", "content": row["problem"]}, {"role": "assistant", "content": row["solution"]}]
+            for row in math_solutions()[: profile.math_texts]]  # fmt: skip
+    return {"math": math, "general": general_conversations()[: profile.general_texts]}
+
+
+# ---- stages -------------------------------------------------------------------------------------------------------
+
+
+def train_sft(base_dir: Path, out_dir: Path, objective: str, rows: list[dict], profile: RealProfile,
+              progress: Progress) -> None:  # fmt: skip
+    """One SFT run from the base; the model, its tokenizer and ``token_stats.jsonl`` end up in ``out_dir``.
+
+    Constant learning rate without warm-up: with a handful of steps a schedule would spend most of them at a
+    fraction of the rate, and the point is to see what each objective does with the same update budget."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..trainer import EKSFTConfig, EKSFTTrainer
+
+    staging = _staging(out_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        config = EKSFTConfig(
+            output_dir=str(staging), loss_type=objective, seed=profile.seed, data_seed=profile.seed,
+            rho=profile.rho, lambda_entropy=profile.lambda_entropy, lambda_kl=profile.lambda_kl,
+            max_steps=profile.sft_steps, per_device_train_batch_size=profile.sft_batch_size,
+            learning_rate=profile.sft_lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+            max_length=profile.sft_max_length, use_cpu=True, bf16=False, gradient_checkpointing=False,
+            report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+        )  # fmt: skip
+        data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+        trainer = EKSFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
+                               callbacks=[_trainer_callback(progress, "loss")])  # fmt: skip
+        _quiet_trainer(trainer)
+        trainer.train()
+        trainer.save_model(str(staging))
+        _finish(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def evaluate_model(model_dir: Path, out_dir: Path, problems: list[dict], profile: RealProfile,
+                   progress: Progress) -> dict:  # fmt: skip
+    """avg@n / pass@k with ``eksft.evaluation`` (resumable ``samples.jsonl`` in ``out_dir``): the metrics, the
+    number of correct samples of each problem and how many samples gave a boxed answer."""
+    from transformers import AutoTokenizer
+
+    from ..evaluation.benchmarks import Benchmark, BenchmarkSpec
+    from ..evaluation.benchmarks import Problem as EvalProblem
+    from ..evaluation.generation import HFGenerator, SamplingSettings
+    from ..evaluation.metrics import pass_at_k_table
+    from ..evaluation.runner import SAMPLES_FILE, EvalSettings, evaluate
+    from ..grading import grade_batch
+
+    benchmark = Benchmark(BenchmarkSpec("world-test", f"eksft.demo.world test split, kinds {', '.join(KINDS)}"),
+                          [EvalProblem(i, p["problem"], p["answer"]) for i, p in enumerate(problems)])  # fmt: skip
+    settings = EvalSettings(
+        model=str(model_dir), num_samples=profile.eval_samples, ks=profile.eval_ks,
+        temperature=profile.eval_temperature, top_p=profile.eval_top_p, max_new_tokens=profile.eval_max_new_tokens,
+        seed=profile.seed, prompt_template="{problem}", system_prompt=f"(one-shot) {example_turns()}",
+        batch_size=profile.eval_batch_size,
+    )  # fmt: skip  # the system_prompt field only records the example in run.json: prompt_of builds the prompt
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    sampling = SamplingSettings(settings.temperature, settings.top_p, settings.max_new_tokens)
+    generator: list = []  # loaded at the first call: a resumed run with every sample on disk never loads the model
+
+    def generate(prompts: list[str], seeds: list[int]) -> list[str]:
+        if not generator:
+            generator.append(HFGenerator(str(model_dir), tokenizer, sampling, device="cpu", dtype="float32"))
+        texts = generator[0].generate(prompts, seeds)
+        progress.advance(len(prompts))
+        return texts
+
+    def prompt_of(problem: str) -> str:
+        return tokenizer.apply_chat_template(prompt_turns(problem), tokenize=False, add_generation_prompt=True)
+
+    summary = evaluate([benchmark], generate, prompt_of, settings, out_dir, progress=False)
+    records = [r for r in _read_records(out_dir / benchmark.name / SAMPLES_FILE) if r["sample"] < profile.eval_samples]
+    graded = grade_batch([final_answer_text(r["text"]) for r in records], [r["gold"] for r in records])
+    correct, boxed = [0] * len(problems), [0] * len(problems)
+    for record, ok in zip(records, graded, strict=True):
+        correct[record["problem_id"]] += bool(ok)
+        boxed[record["problem_id"]] += record.get("answer") is not None
+    n = profile.eval_samples
+    metrics = pass_at_k_table({i: [True] * c + [False] * (n - c) for i, c in enumerate(correct)}, profile.eval_ks)
+    metrics = {f"avg@{n}": metrics.pop("avg@n"), **metrics}
+    boxed_only = summary["benchmarks"][benchmark.name]["metrics"][f"avg@{n}"]
+    return {"metrics": metrics, "correct": correct, "boxed": boxed, "boxed_only_avg": boxed_only}
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
+
+
+def final_answer_text(completion: str) -> str:
+    """The completion as the grader should read it: unchanged when it has a boxed answer, else its last number put
+    in a box (``eksft.grading`` reads only boxes).
+
+    Why: asked zero-shot, SmolLM2-135M-Instruct almost never boxes (1 of 528 samples in the measurements of
+    docs/demo.md); it ends with "So the final answer is 16." Grading boxes only would score such a model 0
+    whatever it computed, and would measure the format, not the arithmetic. The same rule applies to every model."""
+    if extract_answer(completion) is not None:
+        return completion
+    numbers = _NUMBER.findall(re.sub(r"(?<=\d),(?=\d{3})", "", completion))
+    return f"{completion}\n\\boxed{{{numbers[-1]}}}" if numbers else completion
+
+
+def _read_records(path: Path) -> list[dict]:
+    """The sample records with their texts (``read_samples`` leaves the texts out); only whole lines."""
+    data = path.read_bytes()
+    return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]
+
+
+def _encode_response(tokenizer, conversation: list[dict], max_length: int):
+    """Input ids of the whole conversation and labels that keep only the assistant turn (the rest -100)."""
+    import torch
+
+    from ..stats import IGNORE_INDEX
+
+    ids = _token_ids(tokenizer, conversation)
+    prompt = _token_ids(tokenizer, conversation[:-1], add_generation_prompt=True)
+    if ids[: len(prompt)] != prompt:
+        raise UserError("the chat template does not render the prompt as a prefix of the conversation")
+    ids = ids[:max_length]
+    labels = [IGNORE_INDEX] * min(len(prompt), len(ids)) + ids[len(prompt) :]
+    return torch.tensor([ids]), torch.tensor([labels])
+
+
+def measure_texts(models: Mapping[str, object], base_model, tokenizer, conversations: Sequence[list[dict]],
+                  max_length: int = 384, progress: Progress | None = None) -> dict[str, dict]:  # fmt: skip
+    """Per held-out conversation, sums over its assistant tokens: for each model in ``models`` ``kl`` (KL(model ||
+    base)), ``entropy`` and ``nll`` (-log p of the actual token); for ``"base"`` its ``entropy`` and ``nll``.
+
+    Returns ``{label: {"tokens": [n per text], "kl": [...], "entropy": [...], "nll": [...]}}``. The per-token
+    values come from ``eksft.stats.token_stats``, as in ``eksft.analysis.shift``; unlike ``distribution_shift``
+    this keeps one value per text (for standard errors over texts), measures the response only, and runs the base
+    once for all models. Each text is one batch of its own: no padding, and memory bounded by one text's logits.
+    """
+    import torch
+
+    from ..stats import token_stats
+
+    out = {label: {"tokens": [], "kl": [], "entropy": [], "nll": []} for label in ["base", *models]}
+    modes = {label: m.training for label, m in [("base", base_model), *models.items()]}
+    for m in [base_model, *models.values()]:
+        m.eval()
+    try:
+        with torch.no_grad():
+            for i, conversation in enumerate(conversations):
+                input_ids, labels = _encode_response(tokenizer, conversation, max_length)
+                base_logits = base_model(input_ids=input_ids).logits
+                stats = token_stats(base_logits, labels)
+                count = stats.num_valid
+                if count == 0:
+                    raise UserError(f"held-out text {i}: its response has no token within {max_length} tokens")
+                out["base"]["tokens"].append(count)
+                out["base"]["kl"].append(0.0)
+                out["base"]["entropy"].append(float(stats.entropy[stats.valid].double().sum()))
+                out["base"]["nll"].append(float(stats.nll[stats.valid].double().sum()))
+                for label, model in models.items():
+                    stats = token_stats(model(input_ids=input_ids).logits, labels, base_logits)
+                    out[label]["tokens"].append(count)
+                    for name, values in (("kl", stats.kl), ("entropy", stats.entropy), ("nll", stats.nll)):
+                        out[label][name].append(float(values[stats.valid].double().sum()))
+                if progress is not None:
+                    progress.update(i + 1)
+    finally:
+        for label, m in [("base", base_model), *models.items()]:
+            m.train(modes[label])
+    return out
+
+
+def text_summary(sums: Mapping[str, list]) -> dict:
+    """Token-weighted means (what the table shows) and per-text means (what the standard errors use)."""
+    tokens = sum(sums["tokens"])
+    summary = {"tokens": tokens, "texts": len(sums["tokens"])}
+    for name in ("kl", "entropy", "nll"):
+        summary[name] = sum(sums[name]) / tokens
+        summary[f"{name}_per_text"] = [s / n for s, n in zip(sums[name], sums["tokens"], strict=True)]
+    return summary
+
+
+# ---- the whole run ------------------------------------------------------------------------------------------------
+
+
+def default_threads() -> int:
+    """One intra-op thread. Measured on this project's 2-core machine while other jobs ran on it (load average
+    about 3): SmolLM2-135M took 6.8 s on one thread and 13.6 s on two for the prefill of 32 x 80 tokens, and
+    13.5 s against 30.8 s for 32 decoding steps of a batch of 32: a thread that waits for a busy core stalls the
+    other. On a quiet machine ``--threads 2`` can be faster."""
+    return 1
+
+
+def _plan(profile: RealProfile, build_base: bool) -> list[tuple[str, float]]:
+    e = profile.estimates
+    plan = [("base", 40.0)] if build_base else []
+    for objective in profile.objectives:
+        plan.append((f"sft/{objective}", e.get("model", 3) + profile.sft_steps * e.get("sft_step", 12)))
+    samples = profile.eval_problems * profile.eval_samples * profile.eval_max_new_tokens / 256
+    for label in ["base", *profile.objectives]:
+        plan.append((f"eval/{label}", e.get("model", 3) + samples * e.get("eval_sample", 3)))
+    texts = (profile.math_texts + profile.general_texts) / 76
+    for kind in TEXT_KINDS:
+        plan.append((f"texts/{kind}", (1 + len(profile.objectives)) * texts * e.get("text_model", 32) / 2))
+    plan.append(("analysis", len(profile.objectives) * e.get("drift", 4)))
+    plan.append(("report", 15.0))
+    return plan
+
+
+def _write_json(path: Path, value) -> None:
+    from ..atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(_json_safe(value), indent=2) + "\n")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def run_real_demo(
+    profile: RealProfile | None = None,
+    output_dir: str | os.PathLike = "demo-output",
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    threads: int | None = None,
+    stream=None,
+) -> Path:
+    """Run every stage (resuming what an earlier run with the same settings left in ``output_dir``) and write
+    ``output_dir/report.md``; returns its path."""
+    import torch
+
+    from ..smollm2 import _is_built as smollm2_is_built
+    from ..smollm2 import ensure_smollm2, smollm2_cache_dir
+
+    profile = profile or REAL_PROFILE
+    profile.validate()
+    output_dir = Path(output_dir).expanduser().absolute()
+    identity = json.loads(json.dumps({"profile": asdict(replace(profile, estimates={})), "model": "smollm2-135m"}))
+    _check_output_dir(output_dir, identity, overwrite)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name in (REPORT_FILE, RESULTS_FILE):  # they exist only once this run has written them
+        (output_dir / name).unlink(missing_ok=True)
+    _write_json(output_dir / SETTINGS_FILE, identity)
+
+    _quiet_libraries()
+    threads = threads or default_threads()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    build_base = not smollm2_is_built(smollm2_cache_dir(cache_dir))
+    bar = Progress(_plan(profile, build_base), enabled=progress, stream=stream)
+    bar.say(f"profile {profile.name}: SmolLM2-135M-Instruct; objectives {', '.join(profile.objectives)}; "
+            f"{threads} thread(s); output {output_dir}")  # fmt: skip
+    try:
+        bar.begin("base", "SmolLM2-135M-Instruct from the GGUF file into the cache") if build_base else None
+        tick = time.monotonic()
+        base_dir, built = ensure_smollm2(cache_dir)
+        timings["base"] = time.monotonic() - tick
+        bar.end() if build_base else None
+        bar.say(("built and cached" if built else "reusing the cached") + f" base model {base_dir}")
+        models = _sft_and_eval(profile, base_dir, output_dir, bar, timings)
+        texts = _texts(profile, base_dir, output_dir, models, bar, timings)
+        _analysis(profile, base_dir, models, bar, timings)
+
+        from . import real_report
+
+        bar.begin("report", "writing the report")
+        results = {
+            "profile": profile.name,
+            "seeds": [profile.seed],
+            "objectives": list(profile.objectives),
+            "settings": asdict(replace(profile, estimates={})),
+            "base": {"path": str(base_dir), "built_now": built, "model": "SmolLM2-135M-Instruct"},
+            "threads": threads,
+            "models": models,
+            "texts": texts,
+            "data": real_report.data_description(profile),
+            "timings": {k: round(v, 1) for k, v in timings.items()},
+        }
+        results["plots"] = real_report.make_plots(results, output_dir)
+        results["timings"]["total"] = round(time.monotonic() - started, 1)
+        _write_json(output_dir / RESULTS_FILE, results)
+        from ..atomic import write_text_atomic
+
+        write_text_atomic(output_dir / REPORT_FILE, real_report.render_report(results))
+        bar.end()
+    finally:
+        torch.set_num_threads(previous_threads)
+    bar.say(f"finished in {_duration(time.monotonic() - started)}")
+    return output_dir / REPORT_FILE
+
+
+def _sft_and_eval(profile: RealProfile, base_dir: Path, output_dir: Path, bar: Progress,
+                  timings: dict) -> list[dict]:  # fmt: skip
+    from transformers import AutoTokenizer
+
+    runs = output_dir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    rows = sft_rows(profile, AutoTokenizer.from_pretrained(base_dir))
+    _write_json(runs / "sft_data.json", rows)
+    for objective in profile.objectives:
+        out = runs / f"sft-{objective}"
+        bar.begin(f"sft/{objective}", f"SFT {objective}: step", profile.sft_steps)
+        tick = time.monotonic()
+        if not _is_model_dir(out):
+            train_sft(base_dir, out, objective, rows, profile, bar)
+        timings[f"sft/{objective}"] = time.monotonic() - tick
+        bar.end()
+    problems = eval_problems(profile)
+    models = []
+    for objective, stage, path in [("(none)", "base", base_dir)] + [(o, "sft", runs / f"sft-{o}")
+                                                                   for o in profile.objectives]:  # fmt: skip
+        label = "base" if stage == "base" else objective
+        bar.begin(f"eval/{label}", f"evaluating {label}: sample", profile.eval_problems * profile.eval_samples)
+        tick = time.monotonic()
+        result = evaluate_model(path, runs / "eval" / label, problems, profile, bar)
+        timings[f"eval/{label}"] = time.monotonic() - tick
+        bar.end()
+        models.append({"label": label, "objective": objective, "stage": stage, "seed": profile.seed,
+                       "path": str(path), **result})  # fmt: skip
+    return models
+
+
+def _texts(profile: RealProfile, base_dir: Path, output_dir: Path, models: list[dict], bar: Progress,
+           timings: dict) -> dict:  # fmt: skip
+    """KL / NLL / entropy on both kinds of held-out text, every model in one pass (saved, so a rerun skips it)."""
+    from transformers import AutoTokenizer
+
+    from ..analysis.shift import load_model
+
+    saved = output_dir / "runs" / "texts.json"
+    previous = _read_json(saved)
+    labels = [m["label"] for m in models if m["stage"] == "sft"]
+    if isinstance(previous, dict) and all(set(previous.get(kind, {})) == {"base", *labels} for kind in TEXT_KINDS):
+        return previous
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    base_model = load_model(base_dir, "cpu", "float32")
+    loaded = {m["label"]: load_model(m["path"], "cpu", "float32") for m in models if m["stage"] == "sft"}
+    conversations = held_out_conversations(profile)
+    texts = {}
+    for kind in TEXT_KINDS:
+        bar.begin(f"texts/{kind}", f"KL, NLL, entropy on held-out {kind} text: text", len(conversations[kind]))
+        tick = time.monotonic()
+        sums = measure_texts(loaded, base_model, tokenizer, conversations[kind], profile.text_max_length, bar)
+        texts[kind] = {label: text_summary(values) for label, values in sums.items()}
+        timings[f"texts/{kind}"] = time.monotonic() - tick
+        bar.end()
+    _write_json(saved, texts)
+    return texts
+
+
+def _analysis(profile: RealProfile, base_dir: Path, models: list[dict], bar: Progress, timings: dict) -> None:
+    """Parameter drift of each SFT model (total and per layer) and the token-set summary of its training."""
+    from ..analysis.drift import parameter_drift
+    from ..analysis.token_sets import read_token_stats, set_summary
+
+    bar.begin("analysis", "parameter drift and token sets: model", len(profile.objectives))
+    tick = time.monotonic()
+    for i, entry in enumerate(m for m in models if m["stage"] == "sft"):
+        saved = Path(entry["path"]).parent / f"analysis-{entry['label']}.json"  # a rerun reads it back
+        values = _read_json(saved)
+        if not isinstance(values, dict):
+            drift = parameter_drift(entry["path"], base_dir)
+            values = {"drift": drift.relative, "drift_groups": drift.per_group(),
+                      "token_sets": set_summary(read_token_stats(entry["path"]))}  # fmt: skip
+            _write_json(saved, values)
+        entry.update(values)
+        bar.update(i + 1)
+    for entry in models:
+        if entry["stage"] == "base":
+            entry["drift"] = 0.0
+    timings["analysis"] = time.monotonic() - tick
+    bar.end()
