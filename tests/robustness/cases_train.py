@@ -12,6 +12,11 @@ from .cases import ApiCase, CliCase, write
 CHAT = {"messages": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}]}
 PROMPT = {"prompt": "What is 2 + 3?", "answer": "5"}
 GOOD_LINE = json.dumps(CHAT)
+# ChatML without generation markers whose generation prompt opens a <think> block that a finished turn does not have
+THINK_PROMPT_ONLY = (
+    "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{% endif %}"
+)
 
 
 def jsonl(work: Path, lines: list[str] | bytes, name: str = "data.jsonl") -> str:
@@ -120,6 +125,15 @@ CASES = [
             lambda w, m: sft(w, m, None, "--config", str(write(w / "recipe.yaml", "rho: lots\n"))), ("rho", "lots")),
     CliCase("input/sft-resume-nothing", "--resume_from_checkpoint last with no checkpoint in --output_dir",
             lambda w, m: sft(w, m, None, "--resume_from_checkpoint", "last"), ("no checkpoint", "<tmp>/out")),
+    CliCase("input/sft-template-cannot-separate",
+            "--chat_template_path gives a template without generation markers whose generation prompt opens a <think> "
+            "block that finished turns lack (the prompt is not a prefix of the conversation)",
+            lambda w, m: sft(w, m, None, "--chat_template_path", str(write(w / "think.jinja", THINK_PROMPT_ONLY))),
+            ("<tmp>/data.jsonl: row 1", "cannot be told apart from the prompt", "--assistant_only_loss false",
+             "--chat_template_path")),  # fmt: skip
+    CliCase("input/sft-chat-template-missing", "--chat_template_path names a .jinja file that does not exist",
+            lambda w, m: sft(w, m, None, "--chat_template_path", str(w / "missing.jinja")),
+            ("--chat_template_path <tmp>/missing.jinja", "cannot read it")),
     CliCase("input/sft-output-not-writable", "--output_dir lies under a regular file (cannot be created)",
             lambda w, m: sft(w, m, None, "--output_dir", str(write(w / "taken", "a file")) + "/out"),
             ("<tmp>/taken/out",)),
