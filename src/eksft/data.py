@@ -317,25 +317,17 @@ def convert_rows(
 
 def responses_only(examples: list[tuple[int, dict]], tokenizer, source: str, report: DataReport):
     """``messages`` rows as prompt-completion rows, one per assistant turn, when the tokenizer's chat template cannot
-    mark the assistant tokens (``eksft.templates``); other rows, and templates that can, are left as they are."""
-    from .templates import can_mask_assistant, check_prefix, split_conversation
+    mark the assistant tokens (``eksft.templates``); other layouts, and templates that can, are left as they are."""
+    from .templates import can_mask_assistant, response_rows
 
-    conversations = sum("messages" in example for _, example in examples)
-    if not conversations or can_mask_assistant(tokenizer):
-        return examples
-    rows = []
-    for number, example in examples:
-        if "messages" not in example:
-            rows.append((number, example))
-            continue
-        for row in split_conversation(example["messages"]):
-            check_prefix(tokenizer, row, f"{source}: row {number}")
-            rows.append((number, row))
+    if not examples or "messages" not in examples[0][1] or can_mask_assistant(tokenizer):
+        return examples  # every row has the layout of the first
+    rows = [(number, row) for number, example in examples
+            for row in response_rows(tokenizer, example["messages"], f"{source}: row {number}")]  # fmt: skip
     report.split_conversations = True
     report.notes.append(
-        f"the chat template has no {{% generation %}} markers: {conversations} conversations became "
-        f"{conversations - len(examples) + len(rows)} prompt-completion rows, one per assistant turn, so that only "
-        "the responses are trained"
+        f"the chat template has no {{% generation %}} markers: {len(examples)} conversations became {len(rows)} "
+        "prompt-completion rows, one per assistant turn, so that only the responses are trained"
     )
     return rows
 

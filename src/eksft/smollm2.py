@@ -88,8 +88,7 @@ def _convert(gguf: Path, out_dir: Path) -> dict:
     del config.quantization_config  # a GGUF-marked model refuses save_pretrained; the weights are plain floats
     config._name_or_path = ORIGINAL
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(quantised.state_dict(), strict=True)
-    assert not missing and not unexpected
+    model.load_state_dict(quantised.state_dict(), strict=True)  # raises on any missing or unexpected key
     model.generation_config.bos_token_id = config.bos_token_id
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id

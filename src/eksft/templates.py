@@ -41,10 +41,30 @@ def can_mask_assistant(tokenizer) -> bool:
     return True
 
 
+def apply_template_file(tokenizer, path: str | None) -> None:
+    """``chat_template_path`` naming a ``.jinja`` file replaces the tokenizer's template, as ``SFTTrainer`` does
+    (it applies it again, harmlessly); a model id or directory there is left to TRL, which copies that template."""
+    if path is None or not path.endswith((".jinja", ".j2")):
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            tokenizer.chat_template = handle.read()
+    except OSError as err:
+        raise UserError(f"--chat_template_path {path}: cannot read it ({err.strerror}); give a .jinja file") from None
+
+
 def split_conversation(messages: list[dict]) -> list[dict]:
     """One ``{"prompt", "completion"}`` row per assistant turn of a conversation."""
     return [{"prompt": messages[:i], "completion": [turn]} for i, turn in enumerate(messages)
             if turn["role"] == "assistant"]  # fmt: skip
+
+
+def response_rows(tokenizer, messages: list[dict], where: str) -> list[dict]:
+    """``split_conversation``, each row checked with ``check_prefix``."""
+    rows = split_conversation(messages)
+    for row in rows:
+        check_prefix(tokenizer, row, where)
+    return rows
 
 
 def check_prefix(tokenizer, example: dict, where: str) -> None:
@@ -75,8 +95,7 @@ def conversations_to_prompt_completion(dataset, tokenizer):
     def split(batch: dict, indices: list[int]) -> dict:
         out = {name: [] for name in ["prompt", "completion", *(c for c in columns if c != "messages")]}
         for position, (index, messages) in enumerate(zip(indices, batch["messages"], strict=True)):
-            for row in split_conversation(messages):
-                check_prefix(tokenizer, row, f"training data: row {index + 1}")
+            for row in response_rows(tokenizer, messages, f"training data: row {index + 1}"):
                 out["prompt"].append(row["prompt"])
                 out["completion"].append(row["completion"])
                 for name in columns:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from eksft import cli
-from eksft.demo import real, real_data, real_report
-from eksft.demo.real import RealProfile, final_answer_text, measure_texts, text_summary
+from eksft.demo import real, real_data, real_report, real_texts
+from eksft.demo.real import RealProfile, final_answer_text
+from eksft.demo.real_texts import measure_texts, text_summary
 from eksft.errors import UserError
 from eksft.smollm2 import ensure_smollm2
 
@@ -95,8 +96,8 @@ def test_measure_texts_matches_a_direct_computation():
     conversations = real_data.general_conversations()[:3]
     sums = measure_texts({"m": model}, base, tokenizer, conversations, max_length=64)
     for i, conversation in enumerate(conversations):
-        ids, labels = real._encode_response(tokenizer, conversation, 64)
-        prompt = real._token_ids(tokenizer, conversation[:1], add_generation_prompt=True)
+        ids, labels = real_texts._encode_response(tokenizer, conversation, 64)
+        prompt = real_texts.token_ids(tokenizer, conversation[:1], add_generation_prompt=True)
         assert (labels[0, : len(prompt)] == -100).all() and (labels[0, len(prompt) :] == ids[0, len(prompt) :]).all()
         kl, entropy, nll, base_nll, count = _direct(model, base, ids, labels)
         assert sums["m"]["tokens"][i] == sums["base"]["tokens"][i] == count > 0

@@ -97,7 +97,7 @@ def sft_run(smollm2_dir, tmp_path_factory):
     return code, tmp / "out", batches
 
 
-def test_sft_on_smollm2_trains_exactly_the_assistant_tokens(sft_run, smollm2_tokenizer, capsys):
+def test_sft_on_smollm2_trains_exactly_the_assistant_tokens(sft_run, smollm2_tokenizer):
     code, out, batches = sft_run
     assert code == 0
     assert len(batches) == 2

@@ -58,28 +58,17 @@ def parse(argv: list[str]):
     return data_args, config, model_args
 
 
-def use_chat_template_file(tokenizer, path: str | None) -> None:
-    """``--chat_template_path FILE.jinja`` replaces the tokenizer's template before the data are read (TRL applies it
-    again in the trainer); a model id or directory there is left to TRL, which copies that model's template."""
-    if path is None or not path.endswith((".jinja", ".j2")):
-        return
-    try:
-        with open(path, encoding="utf-8") as handle:
-            tokenizer.chat_template = handle.read()
-    except OSError as err:
-        raise UserError(f"--chat_template_path {path}: cannot read it ({err.strerror}); give a .jinja file") from None
-
-
 def main(argv: list[str]) -> int:
     data_args, config, model_args = parse(argv)
 
     from trl import get_peft_config, get_quantization_config
 
     from ..data import load_training_data
+    from ..templates import apply_template_file
     from ..trainer import EKSFTTrainer
 
     tokenizer = load_policy_tokenizer(model_args, config)
-    use_chat_template_file(tokenizer, config.chat_template_path)
+    apply_template_file(tokenizer, config.chat_template_path)  # before the data are read against it
     dataset, report = load_training_data(
         data_args.dataset_name,
         tokenizer,

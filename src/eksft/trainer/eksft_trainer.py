@@ -28,7 +28,7 @@ from trl.models.utils import _ForwardRedirection
 from ..chunked import chunked_token_stats, hidden_states, lm_head_of
 from ..objectives import OBJECTIVES, compute_objective
 from ..stats import TokenStats, token_stats
-from ..templates import can_mask_assistant, conversations_to_prompt_completion
+from ..templates import apply_template_file, can_mask_assistant, conversations_to_prompt_completion
 from .eksft_config import EKSFTConfig
 from .reference import (
     build_reference,
@@ -136,7 +136,8 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
         Prompt-completion data is already limited to the completion by TRL, and plain text has no turns."""
         example = next(iter(train_dataset))
         if not (is_conversational(example) and "messages" in example):
-            args.assistant_only_loss = False if args.assistant_only_loss is None else args.assistant_only_loss
+            if args.assistant_only_loss is None:
+                args.assistant_only_loss = False
             return processing_class, train_dataset, eval_dataset
         if processing_class is None:  # loaded here as SFTTrainer would, to read its template
             from transformers import AutoProcessor
@@ -147,9 +148,7 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
             processing_class = AutoProcessor.from_pretrained(name, revision=revision,
                                                              trust_remote_code=args.trust_remote_code)  # fmt: skip
         tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a VLM processor holds one
-        if args.chat_template_path and args.chat_template_path.endswith((".jinja", ".j2")):
-            with open(args.chat_template_path, encoding="utf-8") as handle:  # as SFTTrainer will apply it
-                tokenizer.chat_template = handle.read()
+        apply_template_file(tokenizer, args.chat_template_path)  # as SFTTrainer will
         if can_mask_assistant(tokenizer):
             args.assistant_only_loss = True
             return processing_class, train_dataset, eval_dataset
