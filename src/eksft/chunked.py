@@ -36,9 +36,12 @@ everywhere else. ``benchmarks/step_cost.py`` measures both on a GPU (variants ``
 ``eksft_chunked_torch``); ``benchmarks/RESULTS.md`` says which is faster.
 
 Sharded heads. An FSDP2 head (``DTensor``) is gathered with ``full_tensor()``, a DeepSpeed ZeRO-3 head with TRL's
-``maybe_gather_lm_head_ctx`` around every tile loop, forward and backward, exactly as TRL's fused LM head does.
-Under ZeRO-3 and DDP the call must run inside the wrapped model's forward (TRL's ``_ForwardRedirection``) so that
-the gradient reduction hooks fire.
+``maybe_gather_lm_head_ctx``: around each autograd function's ``apply`` (autograd records the full ``[V, H]`` shape,
+not the empty placeholder), inside the backward, and, for an untied head, from the start of the backward until the
+gradient has been accumulated into the parameter (``_hold_until_accumulated``; a tied head is gathered then by the
+input embedding's module). Under ZeRO-3 and DDP the call must run inside the wrapped model's forward (TRL's
+``_ForwardRedirection``) so that the gradient reduction hooks fire. ``tests/test_zero3_simulation.py`` and
+``tests/trainer/test_sharded_training.py`` check both.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class LMHead:
     bias: torch.Tensor | None = None  # [V]
     logit_scale: float = 1.0
     softcap: float | None = None  # final_logit_softcapping: z -> softcap * tanh(z / softcap)
+    tied: bool = False  # the weight is also the input embedding's (whose module gathers it under ZeRO-3)
 
     @property
     def vocab_size(self) -> int:
@@ -140,11 +144,13 @@ def lm_head_of(model) -> LMHead:
         raise ValueError(f"{type(model).__name__} has no output embedding (LM head) to project hidden states with")
     head = _plain_linear(head)
     text_config = model.config.get_text_config()
+    embedding = model.get_input_embeddings()
     return LMHead(
         weight=head.weight,
         bias=getattr(head, "bias", None),
         logit_scale=_logit_scale(text_config),
         softcap=getattr(text_config, "final_logit_softcapping", None),
+        tied=embedding is not None and getattr(embedding, "weight", None) is head.weight,
     )
 
 
@@ -186,6 +192,49 @@ def _gather(*params: torch.Tensor | None):
     from trl.trainer.utils import maybe_gather_lm_head_ctx
 
     return maybe_gather_lm_head_ctx(*params)
+
+
+def _hold_until_accumulated(params: list[torch.Tensor]) -> None:
+    """Gather ZeRO-3 parameters now and release them once autograd has accumulated the gradient of each.
+
+    Autograd accumulates a gradient into ``param.grad`` after the function that produced it has returned, by then
+    outside that function's own gather; into a ZeRO-3 placeholder of ``numel 0`` the full ``[V, H]`` gradient does
+    not fit. DeepSpeed avoids this for a module by gathering its parameters for the module's whole backward; the
+    head is read directly, so this does the same for it. The release runs after DeepSpeed's own post-accumulate
+    hook (registered first, when the engine was built), which has by then reduced the gradient to its partition.
+    """
+    gather = _gather(*params)
+    if isinstance(gather, nullcontext):  # not ZeRO-3, or already gathered
+        return
+    gather.__enter__()
+    pending = {id(p) for p in params}
+    handles = []
+
+    def release(param: torch.Tensor) -> None:
+        pending.discard(id(param))
+        if not pending:
+            for handle in handles:
+                handle.remove()
+            gather.__exit__(None, None, None)
+
+    handles.extend(p.register_post_accumulate_grad_hook(release) for p in params)
+
+
+class _GatherHeadForBackward(torch.autograd.Function):
+    """Identity on the policy's statistics whose backward, which runs just before theirs, gathers the ZeRO-3 LM head
+    until its gradient is accumulated (``_hold_until_accumulated``). Not needed for a tied head: the input
+    embedding's module gathers the same weight for its own backward, and the gradient is accumulated then."""
+
+    @staticmethod
+    def forward(ctx, params, *stats):
+        ctx.params = params
+        return tuple(None if s is None else s.view_as(s) for s in stats)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if any(g is not None for g in grads):
+            _hold_until_accumulated([p for p in ctx.params if p is not None and p.requires_grad])
+        return (None, *grads)
 
 
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
@@ -365,10 +414,13 @@ def _local_targets(targets: torch.Tensor, v0: int, v1: int) -> tuple[torch.Tenso
 
 
 def _stats_torch(h, targets, head, ref_h, ref_head):
+    weight, bias = _full(head.weight), _full(head.bias)
     ref = (ref_h, _full(ref_head.weight), _full(ref_head.bias)) if ref_h is not None else (None, None, None)
     transforms = (head.logit_scale, head.softcap, ref_head.logit_scale if ref_h is not None else 1.0,
                   ref_head.softcap if ref_h is not None else None)  # fmt: skip
-    return _ChunkedStats.apply(h, _full(head.weight), _full(head.bias), targets, *ref, transforms)
+    # applied inside the gather: autograd records the full [V, H] shape of a ZeRO-3 head, not its empty placeholder
+    with _gather(weight, bias, *ref[1:]):
+        return _ChunkedStats.apply(h, weight, bias, targets, *ref, transforms)
 
 
 def _stats_trl(h, targets, head, ref_h, ref_head):
@@ -379,7 +431,7 @@ def _stats_trl(h, targets, head, ref_h, ref_head):
     from trl.kernels.chunked_logprob import ChunkedLogProbFunction
 
     weight, bias = _full(head.weight), _full(head.bias)
-    with _gather(weight, bias):  # the log-prob kernel gathers in its backward only
+    with _gather(weight, bias):  # the log-prob kernel gathers in its backward only; see _stats_torch
         logp, entropy, *_ = ChunkedLogProbFunction.apply(
             h, weight, bias, targets, 1.0, TRL_VOCAB_CHUNK, head.softcap, head.logit_scale, ("entropy",)
         )
@@ -390,10 +442,11 @@ def _stats_trl(h, targets, head, ref_h, ref_head):
         ref_logp = ChunkedLogProbFunction.apply(
             ref_h, ref_weight, ref_bias, targets, 1.0, TRL_VOCAB_CHUNK, ref_head.softcap, ref_head.logit_scale, ()
         )[0]
-    kl, _ = ChunkedDivergenceFunction.apply(
-        h, weight, bias, ref_h, ref_weight, ref_bias, 1.0, 1.0,
-        head.logit_scale, head.softcap, ref_head.logit_scale, ref_head.softcap,
-    )  # fmt: skip
+    with _gather(weight, bias, ref_weight, ref_bias):  # the kernel gathers inside; autograd needs the full shapes
+        kl, _ = ChunkedDivergenceFunction.apply(
+            h, weight, bias, ref_h, ref_weight, ref_bias, 1.0, 1.0,
+            head.logit_scale, head.softcap, ref_head.logit_scale, ref_head.softcap,
+        )  # fmt: skip
     return logp, entropy, kl, ref_logp
 
 
@@ -474,6 +527,8 @@ def chunked_token_stats(
     ref_h = ref_hidden[:, :-1][valid].detach() if ref_hidden is not None else None
     compute = _stats_trl if _pick_backend(backend, hidden) == "trl" else _stats_torch
     logp, entropy, kl, ref_logp = compute(h, y, head, ref_h, ref_head)
+    if hasattr(head.weight, "ds_status") and not head.tied and torch.is_grad_enabled():
+        logp, entropy, kl = _GatherHeadForBackward.apply((head.weight, head.bias), logp, entropy, kl)
     if check_finite:
         for name, value in (("logp", logp), ("entropy", entropy), ("kl", kl)):
             if value is not None and not bool(torch.isfinite(value).all()):

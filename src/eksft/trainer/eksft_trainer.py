@@ -210,11 +210,14 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
 
         The backbone is called directly rather than through the model's forward, so each call is routed through its
         wrapper's forward (TRL's ``_ForwardRedirection``): DDP then prepares its gradient reduction, and FSDP /
-        DeepSpeed gather their sharded parameters, as for a normal forward.
+        DeepSpeed gather their sharded parameters, as for a normal forward. That redirection also bypasses the
+        autocast that accelerate wraps around the prepared model's forward (``bf16`` / ``fp16``), so both calls run
+        inside ``Accelerator.autocast()`` here: the backbone and the statistics get the precision the materialised
+        path and ``SFTTrainer`` give them (a null context under DeepSpeed, which casts the weights instead).
         """
         ref_hidden = ref_head = None
         if self.objective.needs_reference:
-            with self._reference() as reference:
+            with self._reference() as reference, self.accelerator.autocast():
                 unwrapped = self.accelerator.unwrap_model(reference)
                 ref_hidden = self._redirect(reference, unwrapped, hidden_states, unwrapped, **model_inputs)
                 ref_head = lm_head_of(unwrapped)  # taken inside: with adapters disabled it is the base head
@@ -227,7 +230,8 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
             )
 
         unwrapped = self.accelerator.unwrap_model(model)
-        return self._redirect(model, unwrapped, policy_stats, unwrapped, **model_inputs)
+        with self.accelerator.autocast():
+            return self._redirect(model, unwrapped, policy_stats, unwrapped, **model_inputs)
 
     def _scale_for_accumulation(self, loss: torch.Tensor, num_items_in_batch) -> torch.Tensor:
         """Make the loss of one micro-batch the right share of the accumulated batch's loss.
