@@ -178,11 +178,33 @@ def hidden_states(model, **inputs) -> torch.Tensor:
 # The chunked statistics
 
 
+class _ScaleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, scale):
+        ctx.scale = scale
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
 def _full(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    """An FSDP2-sharded parameter (DTensor) gathered into a plain tensor; gradients flow back to the shards."""
-    if tensor is not None and type(tensor).__name__ == "DTensor":
-        return tensor.full_tensor()
-    return tensor
+    """An FSDP2-sharded parameter (DTensor) gathered into a plain tensor whose gradient is reduced over the ranks.
+
+    ``full_tensor()`` is not enough: its backward treats the gradient as replicated (the same on every rank) and
+    keeps each rank's own slice of its own gradient, so the shards of a head that FSDP2 has not unsharded (accelerate
+    puts an untied head in a group of its own, which the chunked path never calls) would be updated from one rank's
+    batch each. Here the gradient is declared partial (one term per rank), so the backward reduce-scatters it, and it
+    is divided by the number of ranks, as FSDP2 divides the gradients of the parameters it reduces itself.
+    """
+    if tensor is None or type(tensor).__name__ != "DTensor":
+        return tensor
+    from torch.distributed.tensor import Partial, Replicate
+
+    mesh = tensor.device_mesh
+    full = tensor.redistribute(mesh, [Replicate()] * mesh.ndim).to_local(grad_placements=[Partial()] * mesh.ndim)
+    return _ScaleGradient.apply(full, 1.0 / mesh.size()) if full.requires_grad else full
 
 
 def _gather(*params: torch.Tensor | None):
