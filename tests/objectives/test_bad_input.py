@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from eksft.objectives import OBJECTIVES, compute_objective, eksft_loss, objective_loss
+from eksft.objectives import OBJECTIVES, ObjectiveParams, compute_objective, eksft_loss, objective_loss
 from eksft.stats import token_stats
 
 NEEDS_REFERENCE = [name for name, objective in OBJECTIVES.items() if objective.needs_reference]
@@ -317,3 +317,27 @@ def test_non_finite_logits_at_ignored_positions_are_allowed():
     logits[0, -1] = float("inf")  # the last position predicts nothing
     labels = torch.tensor([[-100, -100, 1, 2, 3]])
     assert torch.isfinite(objective_loss("nll", logits, labels).loss)
+
+
+# ---- the scale of the regularisers under normalization="token" (documented in docs/objectives.md)
+
+
+def test_token_normalization_scales_each_term_by_its_share_of_the_tokens():
+    g = torch.Generator().manual_seed(1)
+    logits, ref_logits = torch.randn(4, 50, 16, generator=g), torch.randn(4, 50, 16, generator=g)
+    labels = torch.randint(0, 16, (4, 50), generator=g)
+    stats = token_stats(logits, labels, ref_logits)
+    n = stats.num_valid
+    mean = compute_objective("eksft", stats, ObjectiveParams(rho=0.2, kl_floor=0.0))
+    token = compute_objective("eksft", stats, ObjectiveParams(rho=0.2, kl_floor=0.0, normalization="token"))
+    entropy_share = float(mean.entropy_set.sum()) / n
+    kl_share = float(mean.kl_set.sum()) / n
+    assert entropy_share == pytest.approx(0.2, abs=0.01) and kl_share == pytest.approx(0.2, abs=0.01)
+    assert token.metrics["entropy_term"] == pytest.approx(mean.metrics["entropy_term"] * entropy_share, rel=1e-5)
+    assert token.metrics["kl_term"] == pytest.approx(mean.metrics["kl_term"] * kl_share, rel=1e-5)
+    # the documented remedy: lambdas divided by rho give the means' weights back (here |E| = |K| = rho N exactly
+    # up to rounding of rho N)
+    scaled = ObjectiveParams(rho=0.2, kl_floor=0.0, normalization="token", lambda_entropy=0.25, lambda_kl=0.25)
+    rescaled = compute_objective("eksft", stats, scaled)
+    assert rescaled.metrics["entropy_term"] == pytest.approx(mean.metrics["entropy_term"], rel=0.05)
+    assert rescaled.metrics["kl_term"] == pytest.approx(mean.metrics["kl_term"], rel=0.05)

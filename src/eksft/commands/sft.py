@@ -49,8 +49,13 @@ def parse(argv: list[str]):
     from trl import ModelConfig
 
     from ..trainer import EKSFTConfig
+    from ..trainer.parallelism import check_parallelism
 
     data_args, config, model_args = parse_recipe((DataArguments, EKSFTConfig, ModelConfig), argv, "eksft sft")
+    try:
+        check_parallelism(config)  # before the tokenizer, the data and the model are read
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if not model_args.model_name_or_path:
         raise UserError("--model_name_or_path is required (a local directory or a hub id)")
     if not data_args.dataset_name:

@@ -10,7 +10,9 @@ Tokens where the model is uncertain (E) or already drifting from where it starte
 entropy bonus keeps the uncertain ones uncertain and the KL penalty pulls the drifting ones back, so the model
 stays close to its pre-trained distribution. Gradients flow through nll, H and KL of the policy; the
 reference and the selection are constants. ``normalize_entropy=False`` drops the ``/ log|V|``;
-``normalization="token"`` replaces every mean by a sum over ``num_items_in_batch`` (see ``base.py``).
+``normalization="token"`` replaces every mean by a sum over ``num_items_in_batch`` (see ``base.py``): the
+entropy and KL terms then weigh ``|E| / N`` and ``|K| / N`` (at most ``rho``) of their weight under the means,
+so the same lambdas regularise about ``rho`` times as strongly (docs/objectives.md).
 
 Ablations (same statistics, other weightings):
 

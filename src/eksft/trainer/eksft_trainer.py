@@ -30,6 +30,7 @@ from ..objectives import OBJECTIVES, compute_objective
 from ..stats import TokenStats, token_stats
 from ..templates import apply_template_file, can_mask_assistant, conversations_to_prompt_completion
 from .eksft_config import EKSFTConfig
+from .parallelism import check_parallelism
 from .reference import (
     build_reference,
     check_reference_path,
@@ -81,6 +82,7 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
             raise TypeError(f"args must be an EKSFTConfig (it holds the objective), got {type(args).__name__}")
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError("EKSFTTrainer computes the loss from its objective (loss_type); drop compute_loss_func")
+        check_parallelism(args)  # before anything is loaded
         self.objective = OBJECTIVES[args.loss_type]
         self.objective_params = args.objective_params()
         # checked before SFTTrainer loads the model and creates output_dir
