@@ -443,3 +443,40 @@ def test_cuda_chunked_matches_materialised(backend, dtype, monkeypatch):
     for what, a, e in zip(("hidden", "weight"), actual_grads, expected_grads, strict=True):
         scale = e.float().abs().max()
         assert_close(a.float() / scale, e.float() / scale, tol, f"grad of {what} (relative to its largest entry)")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["torch", "trl"])
+def test_cuda_chunked_matches_materialised_under_bf16_autocast(backend):
+    """float32 weights and hidden states under ``torch.autocast("cuda", bfloat16)``, as the Trainer runs with
+    ``bf16=True``: the chunked path projects in bf16 like the materialised one (and the GEMMs' output is float32
+    in both), so both agree within BF16_TOL; ``_compute_dtype`` follows the autocast region."""
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    B, T, H, V = 2, 1500, 256, 32_000
+    hidden = (torch.randn(B, T, H, device="cuda", generator=gen) * 2).requires_grad_()
+    weight = (torch.randn(V, H, device="cuda", generator=gen) * H**-0.5).requires_grad_()
+    ref_hidden = hidden.detach() + 0.3 * torch.randn(B, T, H, device="cuda", generator=gen)
+    labels = torch.randint(0, V, (B, T), device="cuda", generator=gen)
+    labels[:, :100] = IGNORE_INDEX
+
+    results = []
+    for path in ("materialised", "chunked"):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            if path == "materialised":
+                logits = hidden @ weight.T
+                assert logits.dtype == torch.bfloat16
+                stats = token_stats(logits.float(), labels, (ref_hidden @ weight.detach().T).float())
+            else:
+                stats = chunked_token_stats(
+                    hidden, labels, LMHead(weight), ref_hidden, LMHead(weight.detach()), backend=backend
+                )
+            out = compute_objective("global_reg", stats)
+        results.append((stats, out.loss, torch.autograd.grad(out.loss, [hidden, weight])))
+    (expected, expected_loss, expected_grads), (actual, actual_loss, actual_grads) = results
+    for field in ("logp", "entropy", "kl"):
+        assert_close(getattr(actual, field), getattr(expected, field), BF16_TOL, field)
+    assert_close(actual_loss, expected_loss, BF16_TOL, "loss")
+    for what, a, e in zip(("hidden", "weight"), actual_grads, expected_grads, strict=True):
+        scale = e.float().abs().max()
+        assert_close(a.float() / scale, e.float() / scale, BF16_TOL, f"grad of {what} (relative to its largest entry)")

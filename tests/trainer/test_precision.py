@@ -34,11 +34,23 @@ def _dtypes_and_loss(trainer, batch, chunked: bool):
     return seen, loss.item(), grads
 
 
+CUDA = pytest.param(
+    "cuda",
+    marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
+)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("loss_type", ["eksft", "nll"])
-def test_bf16_autocast_reaches_the_backbone_in_the_chunked_path(tiny_model, messages_dataset, make_config, loss_type):
+def test_bf16_autocast_reaches_the_backbone_in_the_chunked_path(
+    tiny_model, messages_dataset, make_config, loss_type, device
+):
     trainer = EKSFTTrainer(
-        tiny_model, args=make_config(loss_type=loss_type, bf16=True, max_steps=1), train_dataset=messages_dataset
+        tiny_model,
+        args=make_config(loss_type=loss_type, bf16=True, max_steps=1, use_cpu=device == "cpu"),
+        train_dataset=messages_dataset,
     )
+    assert trainer.model.device.type == device
     assert next(trainer.model.parameters()).dtype == torch.float32  # weights in float32, compute in bf16
     trainer.train()  # one step: the policy moves away from the reference (KL > 0)
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
