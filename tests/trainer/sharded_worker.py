@@ -1,13 +1,18 @@
 """One EKSFT run of ``tests/trainer/test_sharded_training.py``, launched by ``accelerate launch`` (FSDP2 or DeepSpeed
-ZeRO-3 config, gloo, CPU) or run as one plain process.
+ZeRO-3 config, gloo, CPU) or run as one plain process; also the sharded step of ``benchmarks/gpu_check.sh`` (one GPU).
 
     python sharded_worker.py MODEL DATA OUT [--max_steps N] [--batch B] [--save_steps K] [--resume CHECKPOINT]
+                             [--bf16] [--gpu]
+
+``--gpu`` (with CUDA available; the GPU check passes it): train on the GPU, with accelerate's own FSDP/DeepSpeed
+set-up (NCCL, nothing patched). Without it the run is the test's CPU run, also on a machine with a GPU. ``--bf16``:
+bf16 mixed precision (give the accelerate config the same ``mixed_precision``).
 
 Trains the objective ``asft`` (DFT on every token + KL to the reference; no selection, so that one process with
 the whole batch and two processes with half each compute the same thing) with ``normalization="token"`` and plain
 SGD with momentum at a constant learning rate (the update is linear in the gradients). Rank 0 writes ``OUT/sharding.json``:
 how the policy's and the reference's LM heads are held during the first step (``DTensor`` placements under FSDP2,
-the ZeRO-3 placeholder's numel and full shape under DeepSpeed).
+the ZeRO-3 placeholder's numel and full shape under DeepSpeed; device and dtype of each).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
@@ -24,12 +30,13 @@ from eksft.trainer import EKSFTConfig, EKSFTTrainer
 
 
 def describe(weight) -> dict:
+    where = {"device": str(weight.device), "dtype": str(weight.dtype).removeprefix("torch.")}
     if type(weight).__name__ == "DTensor":
         return {"kind": "DTensor", "placements": [str(p) for p in weight.placements],
-                "local_shape": list(weight.to_local().shape), "shape": list(weight.shape)}  # fmt: skip
+                "local_shape": list(weight.to_local().shape), "shape": list(weight.shape), **where}  # fmt: skip
     if hasattr(weight, "ds_shape"):
-        return {"kind": "zero3", "numel": weight.numel(), "shape": list(weight.ds_shape)}
-    return {"kind": type(weight).__name__, "shape": list(weight.shape)}
+        return {"kind": "zero3", "numel": weight.numel(), "shape": list(weight.ds_shape), **where}
+    return {"kind": type(weight).__name__, "shape": list(weight.shape), **where}
 
 
 class RecordSharding(TrainerCallback):
@@ -43,6 +50,8 @@ class RecordSharding(TrainerCallback):
         facts = {
             "world_size": self.trainer.accelerator.num_processes,
             "distributed_type": str(self.trainer.accelerator.distributed_type),
+            "device": str(self.trainer.accelerator.device),
+            "mixed_precision": str(self.trainer.accelerator.mixed_precision),
             "is_fsdp2": bool(self.trainer.is_fsdp_enabled and self.trainer.accelerator.is_fsdp2),
             "is_deepspeed": bool(self.trainer.is_deepspeed_enabled),
             "policy_head": describe(unwrap(self.trainer.model).get_output_embeddings().weight),
@@ -101,18 +110,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--save_steps", type=int, default=0)
     parser.add_argument("--resume", default=None)
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
+    parser.add_argument("--gpu", action="store_true", help="train on the GPU (needs CUDA)")
     args = parser.parse_args()
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        allow_fsdp_on_cpu()
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        allow_deepspeed_on_cpu()
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    gpu = args.gpu
+    if gpu and not torch.cuda.is_available():
+        parser.error("--gpu: torch.cuda.is_available() is False")
+    if not gpu:  # on a GPU accelerate sets FSDP and DeepSpeed up itself
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+            allow_fsdp_on_cpu()
+        if deepspeed:
+            allow_deepspeed_on_cpu()
 
     config = EKSFTConfig(
         output_dir=args.out,
         loss_type="asft",
         normalization="token",
-        use_cpu=os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true",  # DeepSpeed: its CPU backend
-        bf16=False,
+        use_cpu=not gpu and not deepspeed,  # DeepSpeed without a GPU: its CPU backend
+        bf16=args.bf16,
         optim="sgd",
         optim_args="momentum=0.9",  # an optimizer state to save and restore
         learning_rate=0.5,
