@@ -1,8 +1,22 @@
 """Cost of one training step (forward + backward, no optimizer step): EKSFT chunked vs TRL's SFT, its floor, the
 materialised oracle and the published three-pass pattern.
 
-    python benchmarks/step_cost.py --preset cpu                # tiny trunk, V=65,536, 4,096 tokens, under a minute
-    python benchmarks/step_cost.py --preset gpu --out gpu.jsonl  # random-init Qwen3-0.6B @16k and Qwen3-4B @8k, bf16
+    python benchmarks/step_cost.py --preset cpu                # tiny trunk, V=65,536, 384 tokens, under a minute
+    python benchmarks/step_cost.py --preset cpu-4k             # the same at 4,096 tokens, minutes
+    eksft smollm2 /tmp/smollm2                                 # writes SmolLM2-135M-Instruct (float32), offline
+    python benchmarks/step_cost.py --preset cpu-smollm2 --model /tmp/smollm2   # a real model, 2 x 512 tokens
+    python benchmarks/step_cost.py --preset cpu-smollm2 --model /tmp/smollm2 --phases  # + where the time goes
+    python benchmarks/step_cost.py --preset tiny --model DIR  # any local model at a preset's shape, dtype, device
+    python benchmarks/step_cost.py --preset gpu --out gpu.jsonl  # random-init Qwen3-0.6B @4k and @16k, Qwen3-4B @8k
+
+``--model DIR`` measures a pretrained model read from a local directory
+(``AutoModelForCausalLM.from_pretrained(DIR, dtype=...)``, its own weights, loaded twice: the policy and a frozen
+reference equal to it, as at the first step of a fine-tuning) at the batch, sequence length, dtype and device of the
+preset's shapes; the presets whose shapes name no architecture (``cpu-smollm2``) need it. Its token ids are real
+text when DIR has a tokenizer: the conversations and MATH problems of ``eksft/demo/data/*.jsonl`` rendered with the
+tokenizer's chat template, concatenated and repeated as needed; otherwise (and for the random-init presets) random
+ids in the vocabulary. Either way the first 1/8 of each sequence is prompt (labels -100). The weights are copied out
+of the safetensors file mapping into ordinary memory before anything is measured, so that no step faults them in.
 
 Variants (policy and a frozen reference both resident in every one, as in DESIGN.md section 3):
 
@@ -24,7 +38,11 @@ memory is ``torch.cuda.max_memory_allocated`` on a GPU (weights included, from t
 is the resident-set high-water mark above the resident set right after the models are built (``VmHWM`` reset through
 ``/proc/self/clear_refs``), i.e. what the steps add. For ``eksft_chunked*`` the child also runs the chunked and the
 materialised loss on the same inputs, after the timed steps, and reports the largest absolute difference of the
-loss and of the LM-head weight's gradient. A Markdown table with the ratios ends the output.
+loss and of the LM-head weight's gradient. With ``--phases`` the child then runs ``--steps`` more steps cut at the
+last hidden state (handed to the head as a leaf) and reports the median seconds of each part: the reference's trunk,
+the policy's trunk forward, the head forward (LM heads, statistics, objective), its backward, the trunk's backward,
+and the memory the head adds at its peak (``sft``, ``floor``, ``eksft_chunked*``, ``eksft_materialised``). A
+Markdown table with the ratios ends the output.
 """
 
 from __future__ import annotations
@@ -38,11 +56,17 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cache
+from importlib import resources
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, Qwen3Config
+import transformers
+import trl
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen3Config
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from trl.trainer.utils import add_fused_lm_head
 
 from eksft.chunked import chunked_token_stats, hidden_states, lm_head_of
@@ -73,13 +97,27 @@ TINY_4K = {**TINY_65K, "vocab_size": 4096, "hidden_size": 32, "intermediate_size
 @dataclass
 class Shape:
     name: str
-    config: dict
+    config: dict | None  # a random-init Qwen3's Qwen3Config arguments; None: the pretrained model of --model
     batch: int
     seq_len: int
+    model_dir: str | None = None  # a pretrained model's local directory (from --model)
 
     @property
     def tokens(self) -> int:
         return self.batch * self.seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        if self.model_dir is not None:
+            return _pretrained_vocab_size(self.model_dir)
+        if self.config is None:
+            raise ValueError(f"shape {self.name!r} is a pretrained model's: it needs --model DIR")
+        return self.config["vocab_size"]
+
+
+@cache
+def _pretrained_vocab_size(model_dir: str) -> int:
+    return AutoConfig.from_pretrained(model_dir).get_text_config().vocab_size
 
 
 @dataclass
@@ -103,11 +141,24 @@ PRESETS = {
     # the same vocabulary; "cpu-4k" is the issue's 4,096-token shape
     "cpu": Preset("cpu", "float32", False, [Shape("tiny-v65k", TINY_65K, batch=2, seq_len=192)]),
     "cpu-4k": Preset("cpu", "float32", False, [Shape("tiny-v65k-4k", TINY_65K, batch=4, seq_len=1024)]),
+    # a real model (--model DIR; `eksft smollm2 DIR` writes SmolLM2-135M-Instruct: 30 layers, hidden 576, V=49,152)
+    "cpu-smollm2": Preset(
+        "cpu",
+        "float32",
+        False,
+        [Shape("smollm2-135m", None, batch=2, seq_len=512)],
+        variants=["sft", "floor", "eksft_chunked", "eksft_materialised"],
+    ),
     "gpu": Preset(
         "cuda",
         "bfloat16",
         True,
-        [Shape("qwen3-0.6b", QWEN3_0_6B, batch=1, seq_len=16_384), Shape("qwen3-4b", QWEN3_4B, batch=1, seq_len=8192)],
+        [
+            # the quickest first: gpu_check.sh gives this preset the time left, and a cut run keeps finished rows
+            Shape("qwen3-0.6b-4k", QWEN3_0_6B, batch=1, seq_len=4096),
+            Shape("qwen3-0.6b", QWEN3_0_6B, batch=1, seq_len=16_384),
+            Shape("qwen3-4b", QWEN3_4B, batch=1, seq_len=8192),
+        ],
         variants=["sft", "floor", "eksft_chunked", "eksft_chunked_torch", "eksft_materialised", "published"],
         warmup=2,
         compare=("eksft", "global_reg"),
@@ -122,10 +173,13 @@ PROMPT_FRACTION = 1 / 8  # the first tokens of every sequence are a prompt (labe
 # The steps. Each takes (policy, reference, batch) and runs forward + backward.
 
 
-def sft_step(policy, reference, batch):
+def _nll(outputs):
     # SFTTrainer.compute_loss with the default loss_type="nll"
-    outputs = policy(**batch, fused_lm_head=True)
-    loss = -outputs.log_probs.sum() / outputs.label_mask.sum().clamp(min=1)
+    return -outputs.log_probs.sum() / outputs.label_mask.sum().clamp(min=1)
+
+
+def sft_step(policy, reference, batch):
+    loss = _nll(policy(**batch, fused_lm_head=True))
     loss.backward()
     return loss
 
@@ -215,6 +269,87 @@ def published_step(policy, reference, batch, rho=0.2, lambda_entropy=0.05, lambd
     return loss
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Where the time goes (--phases): the step cut at the last hidden state, which is handed to the head as a leaf
+
+
+class _GivenHidden(torch.nn.Module):
+    """Stands in for a model's backbone: returns the given last hidden state (TRL's fused forward then runs its LM
+    head alone, exactly as in ``sft_step``)."""
+
+    def __init__(self, hidden, trunk):
+        super().__init__()
+        self.hidden = hidden
+        self.embeddings = (trunk.get_input_embeddings(),)  # a tuple: not registered as a submodule
+
+    def forward(self, *args, **kwargs):
+        return BaseModelOutputWithPast(last_hidden_state=self.hidden)
+
+    def get_input_embeddings(self):  # get_output_embeddings() asks for it
+        return self.embeddings[0]
+
+
+def phase_times(policy, reference, batch, variant: str, device) -> dict:
+    """Seconds of each part of one step of ``variant`` (sft, floor, eksft_chunked*, eksft_materialised): the
+    reference's trunk without gradient, the policy's trunk forward, the head and loss forward (LM heads, statistics,
+    objective), its backward down to the last hidden state and the head's weight, and the trunk's backward; and
+    ``head_peak_gib``, the memory the head's forward and backward add at their peak to what is held before them
+    (the trunks' activations, the hidden states), measured as ``PeakMemory`` measures the step."""
+    times = {}
+
+    def timed(name, fn):
+        _sync(device)
+        start = time.perf_counter()
+        result = fn()
+        _sync(device)
+        times[name] = time.perf_counter() - start
+        return result
+
+    labels = batch["labels"]
+    if variant != "sft":
+        with torch.no_grad():
+            ref_hidden = timed("reference_trunk", lambda: hidden_states(reference, **batch))
+    trunk_out = timed("policy_trunk_fwd", lambda: hidden_states(policy, **batch))
+    hidden = trunk_out.detach().requires_grad_(True)
+    memory = PeakMemory(device)
+    memory.start()
+    held = torch.cuda.memory_allocated(device) / GIB if device.type == "cuda" else 0.0
+    if variant in ("sft", "floor"):
+        prefix = policy.base_model_prefix
+        trunk = getattr(policy, prefix)
+        setattr(policy, prefix, _GivenHidden(hidden, trunk))
+        try:
+            loss = timed("head_fwd", lambda: _nll(policy(**batch, fused_lm_head=True)))
+        finally:
+            setattr(policy, prefix, trunk)
+    elif variant.startswith("eksft_chunked"):
+        backend = {"eksft_chunked": "auto", "eksft_chunked_torch": "torch", "eksft_chunked_trl": "trl"}[variant]
+        stats = timed(
+            "head_fwd",
+            lambda: chunked_token_stats(
+                hidden, labels, lm_head_of(policy), ref_hidden, lm_head_of(reference), backend=backend
+            ),
+        )
+        times["head_stats_fwd"] = times["head_fwd"]
+        loss = timed("head_objective", lambda: compute_objective("eksft", stats).loss)
+        times["head_fwd"] += times["head_objective"]
+    elif variant == "eksft_materialised":
+
+        def materialised():
+            with torch.no_grad():
+                ref_logits = reference.get_output_embeddings()(ref_hidden)
+            logits = policy.get_output_embeddings()(hidden)
+            return compute_objective("eksft", token_stats(logits, labels, ref_logits)).loss
+
+        loss = timed("head_fwd", materialised)
+    else:
+        raise ValueError(f"--phases does not cut {variant!r}")
+    timed("head_bwd", lambda: loss.backward())
+    times["head_peak_gib"] = memory.peak_gib() - held
+    timed("policy_trunk_bwd", lambda: trunk_out.backward(hidden.grad))
+    return times
+
+
 STEPS = {
     "sft": sft_step,
     "floor": floor_step,
@@ -277,12 +412,67 @@ def build_model(config: dict, device: torch.device, dtype: torch.dtype, seed: in
     return model
 
 
-def make_batch(shape: Shape, device: torch.device) -> dict:
-    gen = torch.Generator().manual_seed(1234)
-    input_ids = torch.randint(0, shape.config["vocab_size"], (shape.batch, shape.seq_len), generator=gen)
+def load_pretrained(model_dir: str, device: torch.device, dtype: torch.dtype):
+    transformers.utils.logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    # from_pretrained leaves float32 CPU weights mapped from the safetensors file, faulted in when first touched (the
+    # first step would then add the weights of both models to the resident set): copy them into ordinary memory.
+    # parameters() yields a tied weight once, so the tie is kept.
+    if device.type == "cpu":
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                tensor.data = tensor.data.clone()
+    return model
+
+
+def _demo_texts(tokenizer) -> list[str]:
+    """The demo's conversations and MATH problems (user: problem, assistant: solution) as the model would see them."""
+    conversations = []
+    data = resources.files("eksft.demo") / "data"
+    for name in ("general_conversations.jsonl", "math500_level3.jsonl"):
+        for line in (data / name).read_text().splitlines():
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            messages = record.get("messages") or [
+                {"role": "user", "content": record["problem"]}, {"role": "assistant", "content": record["solution"]},
+            ]  # fmt: skip
+            conversations.append(messages)
+    if getattr(tokenizer, "chat_template", None):
+        return [tokenizer.apply_chat_template(messages, tokenize=False) for messages in conversations]
+    return ["\n\n".join(message["content"] for message in messages) + "\n\n" for messages in conversations]
+
+
+def text_token_ids(model_dir: str, count: int, vocab_size: int) -> torch.Tensor | None:
+    """``count`` token ids of the demo texts (repeated as needed) with the tokenizer in ``model_dir``; None when it
+    has none or its ids do not fit the model's vocabulary."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError):
+        return None
+    ids = []
+    for text in _demo_texts(tokenizer):
+        ids += tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # no "longer than max" warning
+    if not ids or max(ids) >= vocab_size:
+        return None
+    stream = torch.tensor(ids, dtype=torch.long)
+    return stream.repeat(math.ceil(count / len(stream)))[:count]
+
+
+def make_batch(shape: Shape, device: torch.device) -> tuple[dict, str]:
+    """The inputs and labels, and where the token ids come from ("text" or "random")."""
+    input_ids = None
+    if shape.model_dir is not None:
+        input_ids = text_token_ids(shape.model_dir, shape.tokens, shape.vocab_size)
+    source = "random"
+    if input_ids is None:
+        gen = torch.Generator().manual_seed(1234)
+        input_ids = torch.randint(0, shape.vocab_size, (shape.batch, shape.seq_len), generator=gen)
+    else:
+        input_ids, source = input_ids.view(shape.batch, shape.seq_len), "text"
     labels = input_ids.clone()
     labels[:, : int(shape.seq_len * PROMPT_FRACTION)] = IGNORE_INDEX
-    return {"input_ids": input_ids.to(device), "labels": labels.to(device)}
+    return {"input_ids": input_ids.to(device), "labels": labels.to(device)}, source
 
 
 def _sync(device):
@@ -317,18 +507,25 @@ def compare_with_materialised(policy, reference, batch, backend: str, objectives
     return row
 
 
-def run_variant(preset: Preset, shape: Shape, variant: str, steps: int, warmup: int) -> dict:
+PHASES = ("reference_trunk", "policy_trunk_fwd", "head_fwd", "head_bwd", "policy_trunk_bwd")
+
+
+def run_variant(preset: Preset, shape: Shape, variant: str, steps: int, warmup: int, phases: bool = False) -> dict:
     device = torch.device(preset.device)
     dtype = getattr(torch, preset.dtype)
-    policy = build_model(shape.config, device, dtype, seed=0)
-    reference = build_model(shape.config, device, dtype, seed=1).eval().requires_grad_(False)
+    if shape.model_dir is not None:
+        policy = load_pretrained(shape.model_dir, device, dtype)
+        reference = load_pretrained(shape.model_dir, device, dtype).eval().requires_grad_(False)
+    else:
+        policy = build_model(shape.config, device, dtype, seed=0)
+        reference = build_model(shape.config, device, dtype, seed=1).eval().requires_grad_(False)
     policy.train()
     if preset.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.config.use_cache = False
     if variant in ("sft", "floor"):
         add_fused_lm_head(policy, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer does
-    batch = make_batch(shape, device)
+    batch, token_ids = make_batch(shape, device)
     step = STEPS[variant]
     memory = PeakMemory(device)
     memory.start()
@@ -346,7 +543,9 @@ def run_variant(preset: Preset, shape: Shape, variant: str, steps: int, warmup: 
         "shape": shape.name,
         "tokens": shape.tokens,
         "valid_tokens": int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()),
-        "vocab_size": shape.config["vocab_size"],
+        "vocab_size": shape.vocab_size,
+        "model": shape.model_dir or "random-init Qwen3",
+        "token_ids": token_ids,
         "dtype": preset.dtype,
         "gradient_checkpointing": preset.gradient_checkpointing,
         "median_step_s": statistics.median(times),
@@ -356,6 +555,14 @@ def run_variant(preset: Preset, shape: Shape, variant: str, steps: int, warmup: 
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "torch": torch.__version__,
     }
+    if phases and variant != "published":
+        # after the timed steps (so that they do not change the peak memory): `steps` cut steps, median of each part
+        cuts = []
+        for _ in range(steps):
+            cuts.append(phase_times(policy, reference, batch, variant, device))
+            policy.zero_grad(set_to_none=True)
+        row["phases_s"] = {name: statistics.median(cut[name] for cut in cuts) for name in cuts[0]}
+        row["head_peak_gib"] = row["phases_s"].pop("head_peak_gib")
     if variant.startswith("eksft_chunked"):
         backend = {"eksft_chunked": "auto", "eksft_chunked_torch": "torch", "eksft_chunked_trl": "trl"}[variant]
         row["backend"] = backend
@@ -375,9 +582,9 @@ def _cpu_name() -> str:
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
-def _child(conn, preset, shape, variant, steps, warmup):
+def _child(conn, preset, shape, variant, steps, warmup, phases):
     try:
-        conn.send(run_variant(preset, shape, variant, steps, warmup))
+        conn.send(run_variant(preset, shape, variant, steps, warmup, phases))
     except torch.OutOfMemoryError:
         conn.send({"variant": variant, "shape": shape.name, "tokens": shape.tokens, "error": "out of memory"})
     except BaseException:  # report, never hang the parent
@@ -386,11 +593,11 @@ def _child(conn, preset, shape, variant, steps, warmup):
         conn.close()
 
 
-def measure(preset: Preset, shape: Shape, variant: str, steps: int, warmup: int) -> dict:
+def measure(preset: Preset, shape: Shape, variant: str, steps: int, warmup: int, phases: bool = False) -> dict:
     """One variant in a forked child: the imports are shared, the memory (and the CUDA context) its own."""
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(send, preset, shape, variant, steps, warmup))
+    process = context.Process(target=_child, args=(send, preset, shape, variant, steps, warmup, phases))
     process.start()
     send.close()
     try:
@@ -422,7 +629,12 @@ def summary_table(rows: list[dict]) -> str:
         first = next(iter(by_variant.values()), {})
         lines += [
             f"### {shape}: {first.get('tokens')} tokens, V={first.get('vocab_size')}, {first.get('dtype')}, "
-            f"{first.get('device')}",
+            f"{first.get('device')}"
+            + (
+                ""
+                if first.get("model", "random-init Qwen3") == "random-init Qwen3"
+                else f", pretrained {first['model']} ({first.get('token_ids')} token ids)"
+            ),
             "",
             f"| variant | median step (s) | peak memory (GiB, {first.get('peak_mem_kind')}) | time / floor | memory / sft |",
             "|---|---|---|---|---|",
@@ -445,7 +657,7 @@ def summary_table(rows: list[dict]) -> str:
                 (f"{name} / floor, time", _ratio(row["median_step_s"], floor_s), "<= 1.10"),
                 (f"{name} / sft, memory", _ratio(row["peak_mem_gib"], sft_mem), "<= 1.05"),
                 (f"{name} / eksft_materialised, memory",
-                 _ratio(row["peak_mem_gib"], by_variant.get("eksft_materialised", {}).get("peak_mem_gib")), "<= 0.25 (CPU preset)"),
+                 _ratio(row["peak_mem_gib"], by_variant.get("eksft_materialised", {}).get("peak_mem_gib")), "<= 0.25 (presets cpu, cpu-4k)"),
             ]  # fmt: skip
             for suffix, objective in (("", "eksft"), ("_global_reg", "global_reg")):
                 if f"max_abs_diff_loss{suffix}" in row:
@@ -455,12 +667,34 @@ def summary_table(rows: list[dict]) -> str:
                         f"diff| = {row[f'max_abs_diff_lm_head_grad{suffix}']:.3g} (max |grad| "
                         f"{row[f'max_abs_lm_head_grad{suffix}']:.3g})"
                     )]  # fmt: skip
-        ratios.append(
-            ("published / floor, time", _ratio(by_variant.get("published", {}).get("median_step_s"), floor_s), "")
-        )
+        if "published" in by_variant:
+            ratios.append(("published / floor, time", _ratio(by_variant["published"]["median_step_s"], floor_s), ""))
         lines += ["", "| ratio | value | target |", "|---|---|---|"]
         for name, value, target in ratios:
             lines.append(f"| {name} | {'n/a' if value is None else f'{value:.2f}x'} | {target} |")
+        cut = {variant: row["phases_s"] for variant, row in by_variant.items() if "phases_s" in row}
+        if cut:
+            lines += [
+                "",
+                "Where the time goes (--phases: the step cut at the last hidden state; medians, seconds):",
+                "",
+                f"| variant | {' | '.join(PHASES)} | sum | timed step | head peak memory (GiB) |",
+                "|---|" + "---|" * (len(PHASES) + 3),
+            ]
+            for variant, times in cut.items():
+                cells = [f"{times[name]:.3f}" if name in times else "" for name in PHASES]
+                total = sum(times[name] for name in PHASES if name in times)
+                row = by_variant[variant]
+                lines.append(
+                    f"| {variant} | {' | '.join(cells)} | {total:.3f} | {row['median_step_s']:.3f} | "
+                    f"{row.get('head_peak_gib', float('nan')):.3f} |"
+                )
+            if "head_stats_fwd" in cut.get("eksft_chunked", {}):
+                times = cut["eksft_chunked"]
+                lines += ["", (
+                    f"eksft_chunked's head_fwd = chunked_token_stats {times['head_stats_fwd']:.3f} s + "
+                    f"compute_objective {times['head_objective']:.3f} s"
+                )]  # fmt: skip
         lines.append("")
     return "\n".join(lines)
 
@@ -482,10 +716,20 @@ def main(argv=None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument(
+        "--model", metavar="DIR",
+        help="a pretrained model's local directory, measured at the preset's shapes, dtype and device instead of its\n"
+             "random-init architectures (needed by cpu-smollm2; `eksft smollm2 DIR` writes SmolLM2-135M-Instruct)",
+    )  # fmt: skip
     parser.add_argument("--variants", help=f"comma-separated subset of {', '.join(STEPS)}")
     parser.add_argument("--shapes", help="comma-separated subset of the preset's shape names")
     parser.add_argument("--steps", type=int, help="timed steps per variant (default: the preset's, 5)")
     parser.add_argument("--warmup", type=int, help="warm-up steps per variant (default: the preset's)")
+    parser.add_argument(
+        "--phases", action="store_true",
+        help="after the timed steps, time the parts of each step (trunks, head forward/backward) separately\n"
+             "(every variant but published)",
+    )  # fmt: skip
     parser.add_argument("--out", help="also write the JSON lines to this file")
     parser.add_argument("--summarize", metavar="JSONL", help="only print the Markdown tables of an earlier --out file")
     args = parser.parse_args(argv)
@@ -503,6 +747,19 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {list(STEPS)}")
     shapes = [s for s in preset.shapes if not args.shapes or s.name in args.shapes.split(",")]
+    if args.model:
+        if not (Path(args.model) / "config.json").is_file():
+            parser.error(f"--model {args.model}: no config.json there (eksft smollm2 DIR writes SmolLM2-135M-Instruct)")
+        model = str(Path(args.model).resolve())
+        shapes = [
+            replace(
+                s, model_dir=model, name=s.name if s.config is None else f"{Path(model).name}-{s.batch}x{s.seq_len}"
+            )
+            for s in shapes
+        ]
+    elif any(s.config is None for s in shapes):
+        parser.error(f"--preset {args.preset} measures a pretrained model: give its directory with --model DIR "
+                     "(e.g. `eksft smollm2 /tmp/smollm2` first)")  # fmt: skip
     steps = preset.steps if args.steps is None else args.steps
     warmup = preset.warmup if args.warmup is None else args.warmup
     if steps < 1:
@@ -516,7 +773,7 @@ def main(argv=None) -> int:
     try:
         for shape in shapes:
             for variant in variants:
-                row = measure(preset, shape, variant, steps, warmup)
+                row = measure(preset, shape, variant, steps, warmup, args.phases)
                 row["preset"] = args.preset
                 rows.append(row)
                 line = json.dumps(row)
@@ -530,7 +787,9 @@ def main(argv=None) -> int:
     print()
     print(summary_table(rows))
     print(
-        f"total {time.perf_counter() - started:.1f} s (--preset {args.preset}, {warmup} warm-up + {steps} timed steps)"
+        f"total {time.perf_counter() - started:.1f} s (--preset {args.preset}"
+        f"{f' --model {args.model}' if args.model else ''}, {warmup} warm-up + {steps} timed steps; torch "
+        f"{torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__})"
     )
     return 1 if any("error" in row for row in rows) else 0
 
