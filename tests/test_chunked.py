@@ -140,6 +140,84 @@ def test_token_stats_match(case, dtype, backend):
     assert actual.ref_logp.grad_fn is None and actual.top_k_entropy.grad_fn is None
 
 
+def set_targets_to_the_argmax(problem: Problem) -> torch.Tensor:
+    """Every other valid target becomes the policy's argmax (random targets almost never are), in place; returns
+    those positions ([B, T-1] bool). Asserts that no target logit is within 1e-4 of the largest other logit, so the
+    two paths' rounding (1e-5 at most) cannot flip is_top1 and exact equality is the right test."""
+    with torch.no_grad():
+        logits = problem.logits(problem.hidden(), problem.weight, problem.bias)[:, :-1]  # [B, T-1, V]
+    targets = problem.labels[:, 1:]  # a view: writing it changes the labels
+    valid = targets != IGNORE_INDEX
+    picked = valid.clone()
+    picked[valid] = torch.arange(int(valid.sum())) % 2 == 0
+    targets[picked] = logits.argmax(-1)[picked]
+    index = targets.clamp(min=0).unsqueeze(-1)
+    best_other = logits.scatter(-1, index, -math.inf).amax(-1)
+    margin = (logits.gather(-1, index).squeeze(-1) - best_other).abs()
+    assert float(margin[valid].min()) > 1e-4, "a near-tie in the test data: is_top1 would depend on rounding"
+    assert targets[picked].div(chunked.VOCAB_TILE, rounding_mode="floor").unique().numel() > 1  # several tiles
+    return picked
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(("dtype", "backend"), PATHS)
+def test_is_top1_matches(case, dtype, backend):
+    """Whether the target is the policy's top-1 token (TRL's mean_token_accuracy): the chunked paths' running
+    argmax over the vocabulary tiles equals the oracle's argmax exactly; False at invalid positions; no gradient."""
+    problem = Problem(case, dtype)
+    picked = set_targets_to_the_argmax(problem)
+    expected, _ = problem.stats("materialised")
+    actual, _ = problem.stats("chunked", backend)
+    for stats in (expected, actual):
+        assert stats.is_top1.dtype == torch.bool and stats.is_top1.shape == stats.valid.shape
+        assert not stats.is_top1.requires_grad
+        assert not bool(stats.is_top1[~stats.valid].any()), "is_top1 is not False at invalid positions"
+    assert bool(expected.is_top1[picked].all())
+    assert 0 < int(expected.is_top1.sum()) < expected.num_valid  # both outcomes occur
+    assert torch.equal(actual.is_top1, expected.is_top1)
+
+
+def test_token_stats_is_top1_by_hand():
+    """A clear winner at each position, targets that are and are not it, ignored targets, and an exact tie, which
+    argmax gives to the first index (a target tied with an earlier token is not top-1)."""
+    logits = torch.tensor(
+        [
+            [
+                [0.1, 5.0, 0.2, 0.3],  # predicts labels[1] = 1: the winner
+                [4.0, 0.0, 1.0, 2.0],  # predicts labels[2] = 3: the winner is 0
+                [0.0, 0.0, 0.0, 9.0],  # labels[3] is ignored (its target would be the winner)
+                [2.0, 7.0, 7.0, 1.0],  # predicts labels[4] = 1: tied with 2, first
+                [2.0, 7.0, 7.0, 1.0],  # predicts labels[5] = 2: tied with 1, second
+                [0.0, 0.0, 0.0, 0.0],  # predicts nothing
+            ]
+        ],
+        requires_grad=True,
+    )
+    labels = torch.tensor([[IGNORE_INDEX, 1, 3, IGNORE_INDEX, 1, 2]])
+    stats = token_stats(logits, labels)
+    assert stats.is_top1.dtype == torch.bool and not stats.is_top1.requires_grad
+    assert stats.is_top1.tolist() == [[True, False, False, True, False]]
+
+
+@pytest.mark.parametrize(("dtype", "backend"), [(None, "materialised"), *PATHS])
+def test_is_top1_breaks_exact_ties_like_argmax(dtype, backend):
+    """Exact ties, across two vocabulary tiles (5 and 40) and within one (50 and 60): the first index is top-1, the
+    second is not, in every path. The logits are exact (a one-hot hidden state picks a column of the weight)."""
+    dtype = dtype or torch.float64
+    V = 70  # three tiles of 32
+    weight = torch.linspace(-1.0, 1.0, 2 * V, dtype=dtype).reshape(V, 2)
+    weight[[5, 40], 0] = 3.0
+    weight[[50, 60], 1] = 3.0
+    # position t predicts labels[t + 1]: column 0 (tie 5 / 40) twice, column 1 (tie 50 / 60) twice
+    hidden = torch.tensor([[1, 0], [1, 0], [0, 1], [0, 1], [0, 0]], dtype=dtype).unsqueeze(0)  # [1, 5, 2]
+    labels = torch.tensor([[IGNORE_INDEX, 5, 40, 50, 60]])
+    if backend == "materialised":
+        stats = token_stats(hidden @ weight.T, labels)
+    else:
+        stats = chunked_token_stats(hidden, labels, LMHead(weight), backend=backend)
+    assert stats.is_top1.tolist() == [[True, False, True, False]]
+
+
 PARAMS = {
     "defaults": ObjectiveParams(eaft_top_k=5),
     "sequence_intersection_token": ObjectiveParams(
@@ -184,7 +262,7 @@ def test_no_valid_position_gives_zeros_attached_to_the_graph(backend):
     problem.labels[:] = IGNORE_INDEX
     stats, hidden = problem.stats("chunked", backend)
     assert stats.num_valid == 0
-    for field in ("logp", "entropy", "kl", "ref_logp", "top_k_entropy"):
+    for field in ("logp", "entropy", "kl", "ref_logp", "top_k_entropy", "is_top1"):
         assert bool((getattr(stats, field) == 0).all()), field
     out = compute_objective("eksft", stats)
     assert out.loss.item() == 0.0
@@ -308,6 +386,7 @@ def test_qwen3_hidden_states_and_head_reproduce_logits(tied):
     (expected, expected_loss, expected_grads), (actual, actual_loss, actual_grads) = results
     for field in ("logp", "entropy", "kl", "ref_logp"):
         assert_close(getattr(actual, field), getattr(expected, field), 1e-9, field)
+    assert torch.equal(actual.is_top1, expected.is_top1)
     assert_close(actual_loss, expected_loss, 1e-9, "loss")
     for name, grad in expected_grads.items():
         assert_close(actual_grads[name], grad, 1e-9, f"grad of {name}")

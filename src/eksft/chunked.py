@@ -10,15 +10,20 @@ vocabulary entries; the backward recomputes each tile instead of storing it. For
     H = -sum_v p_v log p_v          entropy
     D = sum_v p_v (z_v - zt_v)      kl      = D - L + Lt        (= sum_v p_v (log p_v - log q_v))
     Lt = logsumexp(zt)              ref_logp = zt[y] - Lt       (no gradient)
+    is_top1 = argmax_v z_v == y     (bool, no gradient; TRL's mean_token_accuracy)
 
-One pass over the vocabulary tiles of each token tile gives all four: each tile is normalised on its own
+One pass over the vocabulary tiles of each token tile gives all five: each tile is normalised on its own
 (``L_i``, ``H_i``, ``D_i``, exactly the oracle's arithmetic on that slice) and merged into the running values with
 weights ``w = exp(L_i - L)``::
 
     L = logaddexp(L_a, L_b)    H = w_a H_a + w_b H_b - w_a log w_a - w_b log w_b    D = w_a D_a + w_b D_b
 
 (the entropy of a mixture of disjoint supports), so no large logit ever cancels against ``L`` and a reference
-equal to the policy gives a KL of exactly 0. The backward recomputes both tiles and applies, per logit,
+equal to the policy gives a KL of exactly 0. ``is_top1`` keeps a running maximum of the policy's logits and its
+index (one ``max`` per tile, before the tile is overwritten); a later tile replaces it only when its maximum is
+strictly larger, so ties go to the first index, exactly as ``torch.argmax`` over the full logits (a target tied
+with an earlier token is not top-1; ties of float logits are practically absent anyway). The backward recomputes
+both tiles and applies, per logit,
 
     dlogp/dz_v = 1[v = y] - p_v      dH/dz_v = -p_v (log p_v + H)      dKL/dz_v = p_v (log p_v - log q_v - KL)
 
@@ -26,10 +31,10 @@ Why not TRL's kernels everywhere. TRL 1.16's ``ChunkedLogProbFunction`` and ``Ch
 the same quantities with tested backwards, but force float32 internally (``tile.float()``, float32 running
 statistics and gradient accumulators, float32 projection buffers), so float64 inputs come back with float32
 error (~1e-6 measured) and the 1e-9 float64 equality with the oracle cannot hold; they also need three calls
-(log-prob and entropy, reference log-prob, KL) that project the policy twice and the reference twice in the forward,
-where the implementation here projects each once (and once more each in the backward). ``backend="torch"`` is the
-implementation here: plain torch ops, exact in the input precision (float64 stays float64; bf16 projections are
-accumulated in float32). ``backend="trl"`` composes TRL's kernels, which run fused Triton kernels on CUDA; it is
+(log-prob, entropy and is_top1, reference log-prob, KL) that project the policy twice and the reference twice in the
+forward, where the implementation here projects each once (and once more each in the backward). ``backend="torch"``
+is the implementation here: plain torch ops, exact in the input precision (float64 stays float64; bf16 projections
+are accumulated in float32). ``backend="trl"`` composes TRL's kernels, which run fused Triton kernels on CUDA; it is
 tested against the oracle in float32 (TRL's torch fallback on CPU) and in bf16 on a GPU. ``"auto"`` (the default)
 uses ``CUDA_BACKEND`` on a CUDA device with Triton and float32 / bf16 / fp16 hidden states, and ``"torch"``
 everywhere else. ``benchmarks/step_cost.py`` measures both on a GPU (variants ``eksft_chunked`` and
@@ -158,8 +163,9 @@ def lm_head_of(model) -> LMHead:
 _NOT_MODEL_INPUTS = ("labels", "shift_labels", "num_items_in_batch", "logits_to_keep", "use_cache", "return_dict")
 
 
-def hidden_states(model, **inputs) -> torch.Tensor:
-    """``[B, T, H]`` last hidden state (after the final norm) of the backbone; the LM head is never called.
+def backbone_outputs(model, **inputs):
+    """The backbone's output: ``last_hidden_state`` ``[B, T, H]`` (after the final norm), and ``router_logits`` when
+    ``output_router_logits=True`` is passed to a Mixture-of-Experts model; the LM head is never called.
 
     Works for a transformers causal LM and for a peft model (also inside ``with model.disable_adapter():``, which
     gives the reference's hidden states). Loss-only keys (``labels``, ``num_items_in_batch``, ...) are ignored.
@@ -171,7 +177,12 @@ def hidden_states(model, **inputs) -> torch.Tensor:
         raise ValueError(f"{type(model).__name__} has no separate backbone (base_model is the model itself)")
     for key in _NOT_MODEL_INPUTS:
         inputs.pop(key, None)
-    return backbone(**inputs, use_cache=False).last_hidden_state
+    return backbone(**inputs, use_cache=False)
+
+
+def hidden_states(model, **inputs) -> torch.Tensor:
+    """``[B, T, H]`` last hidden state of the backbone (``backbone_outputs``)."""
+    return backbone_outputs(model, **inputs).last_hidden_state
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -293,7 +304,8 @@ def _addmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 class _ChunkedStats(torch.autograd.Function):
-    """Per-token (logp, entropy, kl, ref_logp) of ``N`` valid positions, tiled; gradients to the policy only.
+    """Per-token (logp, entropy, kl, ref_logp, is_top1) of ``N`` valid positions, tiled; gradients to the policy only
+    (``ref_logp`` and the bool ``is_top1`` are non-differentiable outputs).
 
     Each tile is overwritten in place once it is no longer needed, so that at most four tiles are alive at once.
     """
@@ -314,6 +326,8 @@ class _ChunkedStats(torch.autograd.Function):
         # running values over the vocabulary tiles seen so far, per token
         lse, entropy, gap, target_logit = full(-math.inf), full(0.0), full(0.0), full(0.0)
         ref_lse, ref_target_logit = full(-math.inf), full(0.0)
+        # running argmax of the policy's logits (is_top1); the first index wins ties, as in torch.argmax
+        top_logit, top_index = full(-math.inf), torch.zeros(n_tokens, device=device, dtype=torch.long)
         with torch.autocast(device.type, enabled=False), _gather(weight, bias, ref_weight, ref_bias):
             vocab_size = weight.shape[0]
             for t0 in range(0, n_tokens, TOKEN_TILE):
@@ -325,6 +339,11 @@ class _ChunkedStats(torch.autograd.Function):
                     in_tile, local = _local_targets(targets[rows], v0, v1)
                     z = _logits(h, weight, bias, v0, v1, scale, softcap, acc_dtype)  # [n, v]
                     target_logit[rows] = torch.where(in_tile, z.gather(1, local).squeeze(1), target_logit[rows])
+                    tile_top, tile_index = z.max(dim=-1)  # [n]: the first maximum of this tile
+                    # strictly larger only: a tie with an earlier tile keeps the earlier (smaller) index
+                    better = tile_top > top_logit[rows]
+                    top_logit[rows] = torch.where(better, tile_top, top_logit[rows])
+                    top_index[rows] = torch.where(better, tile_index + v0, top_index[rows])
                     if has_ref:
                         zt = _logits(rh, ref_weight, ref_bias, v0, v1, ref_scale, ref_softcap, acc_dtype)
                         ref_target_logit[rows] = torch.where(
@@ -355,18 +374,18 @@ class _ChunkedStats(torch.autograd.Function):
         logp = target_logit - lse
         kl = gap - lse + ref_lse if has_ref else None
         ref_logp = ref_target_logit - ref_lse if has_ref else None
+        is_top1 = top_index == targets
         ctx.save_for_backward(
             hidden, weight, bias, targets, ref_hidden, ref_weight, ref_bias, lse, entropy, kl, ref_lse
         )
         ctx.transforms = transforms
         # the backward runs outside the caller's autocast region: it must recompute the tiles in the same precision
         ctx.compute_dtype = compute_dtype
-        if has_ref:
-            ctx.mark_non_differentiable(ref_logp)
-        return logp, entropy, kl, ref_logp
+        ctx.mark_non_differentiable(*(x for x in (ref_logp, is_top1) if x is not None))
+        return logp, entropy, kl, ref_logp, is_top1
 
     @staticmethod
-    def backward(ctx, grad_logp, grad_entropy, grad_kl, _grad_ref_logp):
+    def backward(ctx, grad_logp, grad_entropy, grad_kl, _grad_ref_logp, _grad_is_top1):
         hidden, weight, bias, targets, ref_hidden, ref_weight, ref_bias, lse, entropy, kl, ref_lse = ctx.saved_tensors
         scale, softcap, ref_scale, ref_softcap = ctx.transforms
         needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
@@ -446,19 +465,20 @@ def _stats_torch(h, targets, head, ref_h, ref_head):
 
 
 def _stats_trl(h, targets, head, ref_h, ref_head):
-    """The same statistics from TRL's kernels: log-prob + entropy (with gradients), the reference's log-prob (no
-    gradient), and KL(policy || reference) (``ChunkedDivergenceFunction`` with ``beta=1.0``: the reverse KL,
-    ``sum p_s (log p_s - log p_t)`` with the gradient to the student)."""
+    """The same statistics from TRL's kernels: log-prob + entropy (with gradients) and is_top1 (same pass, no
+    gradient; TRL also gives ties to the first index), the reference's log-prob (no gradient), and KL(policy ||
+    reference) (``ChunkedDivergenceFunction`` with ``beta=1.0``: the reverse KL, ``sum p_s (log p_s - log p_t)`` with
+    the gradient to the student)."""
     from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
     from trl.kernels.chunked_logprob import ChunkedLogProbFunction
 
     weight, bias = _full(head.weight), _full(head.bias)
     with _gather(weight, bias):  # the log-prob kernel gathers in its backward only; see _stats_torch
-        logp, entropy, *_ = ChunkedLogProbFunction.apply(
-            h, weight, bias, targets, 1.0, TRL_VOCAB_CHUNK, head.softcap, head.logit_scale, ("entropy",)
+        logp, entropy, _, _, is_top1 = ChunkedLogProbFunction.apply(
+            h, weight, bias, targets, 1.0, TRL_VOCAB_CHUNK, head.softcap, head.logit_scale, ("entropy", "is_top1")
         )
     if ref_h is None:
-        return logp, entropy, None, None
+        return logp, entropy, None, None, is_top1
     ref_weight, ref_bias = _full(ref_head.weight), _full(ref_head.bias)
     with torch.no_grad(), _gather(ref_weight, ref_bias):
         ref_logp = ChunkedLogProbFunction.apply(
@@ -469,7 +489,7 @@ def _stats_trl(h, targets, head, ref_h, ref_head):
             h, weight, bias, ref_h, ref_weight, ref_bias, 1.0, 1.0,
             head.logit_scale, head.softcap, ref_head.logit_scale, ref_head.softcap,
         )  # fmt: skip
-    return logp, entropy, kl, ref_logp
+    return logp, entropy, kl, ref_logp, is_top1
 
 
 @torch.no_grad()
@@ -523,7 +543,8 @@ def chunked_token_stats(
     ``labels`` are the unshifted ``[B, T]`` labels (-100 = ignore). ``ref_hidden``/``ref_head`` give the reference's
     statistics (``kl``, ``ref_logp``); ``ref_head`` defaults to ``head`` (a peft model with a frozen head, reference
     = adapters disabled); the reference gets no gradient. ``top_k_entropy=k`` adds the (detached) entropy of the
-    policy renormalised over its k most likely tokens. ``backend``: "torch", "trl" or "auto" (module docstring).
+    policy renormalised over its k most likely tokens. ``is_top1`` (bool, whether the target is the argmax of the
+    policy's logits) is always computed, in the same pass. ``backend``: "torch", "trl" or "auto" (module docstring).
     """
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [batch, seq, hidden], got shape {tuple(hidden.shape)}")
@@ -548,7 +569,7 @@ def chunked_token_stats(
     y = targets[valid]  # [N]
     ref_h = ref_hidden[:, :-1][valid].detach() if ref_hidden is not None else None
     compute = _stats_trl if _pick_backend(backend, hidden) == "trl" else _stats_torch
-    logp, entropy, kl, ref_logp = compute(h, y, head, ref_h, ref_head)
+    logp, entropy, kl, ref_logp, is_top1 = compute(h, y, head, ref_h, ref_head)
     if hasattr(head.weight, "ds_status") and not head.tied and torch.is_grad_enabled():
         logp, entropy, kl = _GatherHeadForBackward.apply((head.weight, head.bias), logp, entropy, kl)
     if check_finite:
@@ -560,7 +581,9 @@ def chunked_token_stats(
         # [N] -> [B, T-1] with exact zeros elsewhere; masked_scatter keeps an all-invalid batch attached to the graph
         return rows.new_zeros(valid.shape).masked_scatter(valid, rows)
 
-    stats = TokenStats(logp=dense(logp), entropy=dense(entropy), valid=valid, vocab_size=head.vocab_size)
+    stats = TokenStats(
+        logp=dense(logp), entropy=dense(entropy), valid=valid, vocab_size=head.vocab_size, is_top1=dense(is_top1)
+    )
     if ref_h is not None:
         stats.kl = dense(kl)
         stats.ref_logp = dense(ref_logp.detach())
@@ -569,4 +592,4 @@ def chunked_token_stats(
     return stats
 
 
-__all__ = ["BACKENDS", "LMHead", "chunked_token_stats", "hidden_states", "lm_head_of"]
+__all__ = ["BACKENDS", "LMHead", "backbone_outputs", "chunked_token_stats", "hidden_states", "lm_head_of"]

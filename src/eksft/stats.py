@@ -6,11 +6,13 @@ For each position ``t`` whose target ``labels[:, t + 1]`` is not ``-100``::
     logp_t     = log p_t(labels[t + 1])        ref_logp_t = log q_t(labels[t + 1])
     entropy_t  = -sum_v p_t(v) log p_t(v)
     kl_t       =  sum_v p_t(v) (log p_t(v) - log q_t(v))      KL(policy || reference)
+    is_top1_t  =  argmax_v policy_logits[:, t, v] == labels[t + 1]                (TRL's mean_token_accuracy)
 
-All tensors are ``[B, T - 1]``, aligned with the shifted targets ``labels[:, 1:]``, and exactly 0 where
-``valid`` is False. ``logp``, ``entropy`` and ``kl`` carry gradients to the policy; ``ref_logp`` and
-``top_k_entropy`` are constants. The chunked path (from hidden states, no full logits) must produce the
-same ``TokenStats``.
+All tensors are ``[B, T - 1]``, aligned with the shifted targets ``labels[:, 1:]``, and exactly 0 (False) where
+``valid`` is False. ``logp``, ``entropy`` and ``kl`` carry gradients to the policy; ``ref_logp``,
+``top_k_entropy`` and ``is_top1`` (bool) are constants. Ties in the argmax go to the first (smallest) index, as
+``torch.argmax`` breaks them, so a target tied with an earlier token is not top-1. The chunked path (from hidden
+states, no full logits) must produce the same ``TokenStats``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class TokenStats:
     kl: torch.Tensor | None = None  # [B, T-1] KL(policy || reference) (grad); None without a reference
     ref_logp: torch.Tensor | None = None  # [B, T-1] log-prob of the target under the reference (no grad)
     top_k_entropy: torch.Tensor | None = None  # [B, T-1] entropy of the renormalised top-k policy (no grad)
+    is_top1: torch.Tensor | None = None  # [B, T-1] bool, the target is the argmax of the policy's logits (no grad)
 
     @property
     def num_valid(self) -> int:
@@ -66,7 +69,8 @@ def token_stats(
 
     Computed in at least float32 whatever the input dtype (bf16 log-softmax loses the entropy of flat
     distributions). ``top_k_entropy=k`` also returns the entropy of the policy restricted to its k most likely
-    tokens (used by ``eaft``).
+    tokens (used by ``eaft``). ``is_top1`` (whether the target is the argmax of the logits, first index on ties) is
+    always computed.
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must be [batch, seq, vocab], got shape {tuple(logits.shape)}")
@@ -101,6 +105,8 @@ def token_stats(
         entropy=dense(-(p * log_p).sum(-1)),
         valid=valid,
         vocab_size=vocab_size,
+        # on the logits as given: upcasting is exact and monotone, so the argmax (ties included) is the same
+        is_top1=dense(logits[:, :-1][valid].detach().argmax(-1) == targets[valid]),
     )
     if ref_logits is not None:
         log_q = torch.log_softmax(ref_logits[:, :-1][valid].detach().to(dtype), dim=-1)  # [N, V]

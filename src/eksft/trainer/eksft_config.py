@@ -7,6 +7,7 @@ is loaded: a bad ``rho`` fails with the field name and the value.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields
 
 from transformers.utils import is_torch_bf16_gpu_available
@@ -183,6 +184,11 @@ class EKSFTConfig(SFTConfig):
 
     def __post_init__(self):
         # Checked before TrainingArguments sets up devices, so that a typo fails fast and before any model loads
+        if self.loss_type == "chunked_nll":  # SFTConfig's deprecated alias of "nll", accepted as SFTConfig accepts it
+            warnings.warn(
+                "loss_type='chunked_nll' is a deprecated alias of 'nll' (TRL); use 'nll'", FutureWarning, stacklevel=3
+            )
+            self.loss_type = "nll"
         if self.loss_type not in OBJECTIVES:
             raise ValueError(f"loss_type must be one of {', '.join(OBJECTIVES)}; got {self.loss_type!r}")
         if self.ref_model_mode not in REF_MODEL_MODES:

@@ -21,15 +21,17 @@ import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from torch import nn
+from transformers import TrainingArguments
 from trl import SFTTrainer
 from trl.data_utils import is_conversational
 from trl.models.utils import _ForwardRedirection
 
-from ..chunked import chunked_token_stats, hidden_states, lm_head_of
+from ..chunked import backbone_outputs, chunked_token_stats, hidden_states, lm_head_of
 from ..objectives import OBJECTIVES, compute_objective
 from ..stats import TokenStats, token_stats
 from ..templates import apply_template_file, can_mask_assistant, conversations_to_prompt_completion
 from .eksft_config import EKSFTConfig
+from .moe import router_aux_loss
 from .parallelism import check_parallelism
 from .reference import (
     build_reference,
@@ -46,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 # ObjectiveOutput.metrics that are terms of the loss, normalised like it (see `_micro_batch_metrics`)
 LOSS_TERMS = ("ce", "entropy_term", "kl_term")
+# metrics averaged over processes rather than over response tokens (see `_record_metrics`)
+PER_PROCESS = ("aux_loss",)
 
 
 class EKSFTTrainer(SafeTraining, SFTTrainer):
@@ -79,7 +83,15 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
             name = model if isinstance(model, str) else model.config._name_or_path
             args = EKSFTConfig(f"{str(name).rstrip('/').split('/')[-1] or 'model'}-EKSFT")
         elif not isinstance(args, EKSFTConfig):
-            raise TypeError(f"args must be an EKSFTConfig (it holds the objective), got {type(args).__name__}")
+            if not isinstance(args, TrainingArguments):
+                raise TypeError(f"args must be an EKSFTConfig (it holds the objective), got {type(args).__name__}")
+            # converted as SFTTrainer converts a TrainingArguments: an SFTConfig keeps its fields (loss_type "nll"
+            # trains what SFTTrainer trains); a plain TrainingArguments gets the objective's defaults
+            values = args.to_dict()
+            for key in values:  # to_dict masks every *_token field (hub_token, and SFTConfig's eos/pad tokens)
+                if key.endswith("_token"):
+                    values[key] = getattr(args, key)
+            args = EKSFTConfig(**values)
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError("EKSFTTrainer computes the loss from its objective (loss_type); drop compute_loss_func")
         check_parallelism(args)  # before anything is loaded
@@ -114,10 +126,14 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
             )
         finally:
             args.loss_type = loss_type
-        if self.aux_loss_enabled:
-            raise ValueError(
-                "the MoE load-balancing loss is not added to EKSFT objectives; set router_aux_loss_coef=0.0 to train "
-                "a Mixture-of-Experts model without it"
+        # prompt tuning / prefix tuning / P-tuning: the virtual tokens exist only in the PEFT model's own forward
+        self.prompt_learning = _is_prompt_learning(self.model)
+        if self.prompt_learning and args.use_chunked_stats:
+            logger.warning(
+                "prompt-learning PEFT (%s): the statistics come from the full logits of the PEFT model's forward, "
+                "which adds the virtual tokens (use_chunked_stats is ignored: the chunked path calls the backbone "
+                "directly and would skip them)",
+                type(self.accelerator.unwrap_model(self.model).peft_config["default"]).__name__,
             )
 
         self.ref_model = None  # None with adapter_disabled, or when the objective needs no reference
@@ -175,13 +191,23 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
         # the labels stay out of the forward: the model would otherwise compute its own cross-entropy
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         model_inputs["use_cache"] = False
-        if self.args.use_chunked_stats:
-            stats, outputs = self._chunked_stats(model, model_inputs, labels), None
+        if self.args.use_chunked_stats and not self.prompt_learning:
+            (stats, aux_loss), outputs = self._chunked_stats(model, model_inputs, labels), None
         else:
             stats, outputs = self._materialised_stats(model, model_inputs, labels)
+            aux_loss = getattr(outputs, "aux_loss", None) if self.aux_loss_enabled else None
         result = compute_objective(self.args.loss_type, stats, self.objective_params, num_items_in_batch)
         loss = self._scale_for_accumulation(result.loss, num_items_in_batch)
-        self._record_metrics(mode, self._micro_batch_metrics(result.metrics, stats, num_items_in_batch), stats, inputs)
+        metrics = self._micro_batch_metrics(result.metrics, stats, num_items_in_batch)
+        # SFTTrainer's own metrics, on every response token, from the statistics at hand
+        metrics["entropy"] = metrics["mean_entropy"]
+        if stats.is_top1 is not None:
+            metrics["mean_token_accuracy"] = float(stats.is_top1.sum()) / max(stats.num_valid, 1)
+        if aux_loss is not None:  # as SFTTrainer adds it: a micro-batch mean, its share of the accumulated batch
+            weighted = self.router_aux_loss_coef * aux_loss
+            loss = loss + (weighted / self.current_gradient_accumulation_steps if self.model.training else weighted)
+            metrics["aux_loss"] = float(aux_loss.detach())
+        self._record_metrics(mode, metrics, stats, inputs)
 
         if return_outputs:
             if outputs is None:  # evaluation with compute_metrics wants logits; the chunked path never built them
@@ -197,17 +223,19 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
         return reference_model(self.model, self.ref_model, unwrap=self.accelerator.unwrap_model)
 
     def _materialised_stats(self, model, model_inputs, labels) -> tuple[TokenStats, object]:
-        outputs = model(**model_inputs)  # [B, T, V] logits, with grad
+        # [B, T, V] logits with grad (and the MoE router's aux_loss when enabled)
+        outputs = model(**model_inputs, **({"output_router_logits": True} if self.aux_loss_enabled else {}))
         ref_logits = None
         if self.objective.needs_reference:
             with self._reference() as reference:
-                ref_logits = reference(**model_inputs).logits
+                ref_logits = _last_positions(reference(**model_inputs).logits, labels)
         # check_finite=False (also in the chunked path): a NaN/inf from the model makes the loss non-finite and the
         # step is skipped (eksft.trainer.safety) instead of raising in the middle of a run
-        stats = token_stats(outputs.logits, labels, ref_logits, top_k_entropy=self._top_k(), check_finite=False)
+        logits = _last_positions(outputs.logits, labels)
+        stats = token_stats(logits, labels, ref_logits, top_k_entropy=self._top_k(), check_finite=False)
         return stats, outputs
 
-    def _chunked_stats(self, model, model_inputs, labels) -> TokenStats:
+    def _chunked_stats(self, model, model_inputs, labels) -> tuple[TokenStats, torch.Tensor | None]:
         """Statistics from hidden states and LM heads (``eksft.chunked``), never holding ``[B, T, V]`` logits.
 
         The backbone is called directly rather than through the model's forward, so each call is routed through its
@@ -226,10 +254,17 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
 
         def policy_stats(unwrapped, **inputs):  # [B, T, H] hidden states with grad, then the statistics
             head = lm_head_of(unwrapped)
-            hidden = hidden_states(unwrapped, **inputs)
-            return chunked_token_stats(
-                hidden, labels, head, ref_hidden, ref_head, top_k_entropy=self._top_k(), check_finite=False
-            )
+            if self.aux_loss_enabled:
+                inputs["output_router_logits"] = True
+            outputs = backbone_outputs(unwrapped, **inputs)
+            stats = chunked_token_stats(
+                outputs.last_hidden_state, labels, head, ref_hidden, ref_head, top_k_entropy=self._top_k(),
+                check_finite=False,
+            )  # fmt: skip
+            aux_loss = None
+            if self.aux_loss_enabled:
+                aux_loss = router_aux_loss(unwrapped, outputs.router_logits, inputs.get("attention_mask"))
+            return stats, aux_loss
 
         unwrapped = self.accelerator.unwrap_model(model)
         with self.accelerator.autocast():
@@ -270,7 +305,8 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
         """Append the objective's metrics, averaged over all processes, to ``self._metrics`` (logged by ``log``).
 
         Each process's values are weighted by its number of response tokens: means over tokens (mean entropy,
-        fraction masked, ...) become exact means over every token of the micro-batches of all processes. One
+        fraction masked, ...) become exact means over every token of the micro-batches of all processes; the MoE
+        ``aux_loss``, a mean over the router's tokens, is averaged over the processes as SFTTrainer averages it. One
         gather per micro-batch, which also counts the tokens seen (``num_tokens``, as SFTTrainer logs it).
         """
         names = list(metrics)
@@ -279,14 +315,15 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
             num_tokens = float(inputs["attention_mask"].sum())
         else:  # padding-free batches carry position_ids instead
             num_tokens = float(inputs["position_ids"].size(1))
+        weights = [1.0 if name in PER_PROCESS else num_valid for name in names]
         local = torch.tensor(
-            [[num_tokens, num_valid, *(metrics[name] * num_valid for name in names)]],
+            [[num_tokens, num_valid, 1.0, *(metrics[name] * w for name, w in zip(names, weights, strict=True))]],
             dtype=torch.float64,
             device=self.accelerator.device,
-        )  # [1, 2 + M]
-        total = self.accelerator.gather_for_metrics(local).sum(0).tolist()  # [2 + M]
-        for name, weighted_sum in zip(names, total[2:], strict=True):
-            self._metrics[mode][name].append(weighted_sum / max(total[1], 1.0))
+        )  # [1, 3 + M]
+        total = self.accelerator.gather_for_metrics(local).sum(0).tolist()  # [3 + M]
+        for name, weighted_sum in zip(names, total[3:], strict=True):
+            self._metrics[mode][name].append(weighted_sum / max(total[2 if name in PER_PROCESS else 1], 1.0))
         if mode == "train":
             self._total_train_tokens += int(total[0]) // self._tp_size
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
@@ -299,3 +336,18 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
             os.makedirs(self.args.output_dir, exist_ok=True)
             with open(os.path.join(self.args.output_dir, self.args.token_stats_file), "a", encoding="utf-8") as f:
                 f.write(json.dumps(self.state.log_history[-1]) + "\n")
+
+
+def _is_prompt_learning(model) -> bool:
+    """A PEFT model whose active adapter is prompt tuning, prefix tuning or P-tuning (virtual tokens)."""
+    if not is_peft_model(model):
+        return False
+    config = model.peft_config.get(getattr(model, "active_adapter", "default"))
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def _last_positions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The logits of the positions the labels cover: prompt tuning and P-tuning put their virtual tokens before the
+    sequence, so the PEFT model returns ``num_virtual_tokens`` more positions than there are labels."""
+    extra = logits.shape[1] - labels.shape[1]
+    return logits[:, extra:] if extra > 0 else logits
