@@ -180,12 +180,11 @@ def _config_rho(work, model):
     return lambda: EKSFTConfig(str(work / "out"), rho=2.0, use_cpu=True, report_to="none")
 
 
-def _trainer_plain_sft_config(work, model):
-    from trl import SFTConfig
-
+def _trainer_args_dict(work, model):
     from eksft.trainer import EKSFTTrainer
 
-    return lambda: EKSFTTrainer(str(model), args=SFTConfig(str(work / "out"), use_cpu=True, report_to="none"))
+    # a TrainingArguments / SFTConfig is converted, as SFTTrainer converts one; a dict is not training arguments
+    return lambda: EKSFTTrainer(str(model), args={"output_dir": str(work / "out"), "use_cpu": True})
 
 
 def _load_data_unknown_role(work, model):
@@ -209,8 +208,8 @@ CASES += [
     ApiCase("input/api-loss-shapes", "eksft_loss with labels of another length than the logits",
             _loss_shape_mismatch, ValueError, ("labels", "(2, 4)")),
     ApiCase("input/api-config-rho", "EKSFTConfig(rho=2.0)", _config_rho, ValueError, ("rho", "2.0")),
-    ApiCase("input/api-trainer-sft-config", "EKSFTTrainer given a plain trl.SFTConfig", _trainer_plain_sft_config,
-            TypeError, ("EKSFTConfig",)),
+    ApiCase("input/api-trainer-args-dict", "EKSFTTrainer given a dict as args", _trainer_args_dict,
+            TypeError, ("EKSFTConfig", "dict")),
     ApiCase("input/api-data-unknown-role", "load_training_data on a row with role 'robot'", _load_data_unknown_role,
             UserError, ("row 2", "'robot'")),
     ApiCase("input/api-unknown-objective", "objective_loss('eksftt', ...)", _unknown_objective, ValueError,

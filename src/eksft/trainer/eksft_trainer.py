@@ -84,7 +84,10 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
             args = EKSFTConfig(f"{str(name).rstrip('/').split('/')[-1] or 'model'}-EKSFT")
         elif not isinstance(args, EKSFTConfig):
             if not isinstance(args, TrainingArguments):
-                raise TypeError(f"args must be an EKSFTConfig (it holds the objective), got {type(args).__name__}")
+                raise TypeError(
+                    f"args must be an EKSFTConfig (it holds the objective), or a TrainingArguments / SFTConfig to "
+                    f"convert into one; got {type(args).__name__}"
+                )
             # converted as SFTTrainer converts a TrainingArguments: an SFTConfig keeps its fields (loss_type "nll"
             # trains what SFTTrainer trains); a plain TrainingArguments gets the objective's defaults
             values = args.to_dict()
