@@ -130,13 +130,14 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
         finally:
             args.loss_type = loss_type
         # prompt tuning / prefix tuning / P-tuning: the virtual tokens exist only in the PEFT model's own forward
-        self.prompt_learning = _is_prompt_learning(self.model)
+        prompt_config = _prompt_learning_config(self.model)
+        self.prompt_learning = prompt_config is not None
         if self.prompt_learning and args.use_chunked_stats:
             logger.warning(
                 "prompt-learning PEFT (%s): the statistics come from the full logits of the PEFT model's forward, "
                 "which adds the virtual tokens (use_chunked_stats is ignored: the chunked path calls the backbone "
                 "directly and would skip them)",
-                type(self.accelerator.unwrap_model(self.model).peft_config["default"]).__name__,
+                type(prompt_config).__name__,
             )
 
         self.ref_model = None  # None with adapter_disabled, or when the objective needs no reference
@@ -341,12 +342,13 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
                 f.write(json.dumps(self.state.log_history[-1]) + "\n")
 
 
-def _is_prompt_learning(model) -> bool:
-    """A PEFT model whose active adapter is prompt tuning, prefix tuning or P-tuning (virtual tokens)."""
+def _prompt_learning_config(model):
+    """The PEFT config of ``model``'s active adapter if it is prompt tuning, prefix tuning or P-tuning (virtual
+    tokens), else None."""
     if not is_peft_model(model):
-        return False
+        return None
     config = model.peft_config.get(getattr(model, "active_adapter", "default"))
-    return bool(getattr(config, "is_prompt_learning", False))
+    return config if getattr(config, "is_prompt_learning", False) else None
 
 
 def _last_positions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
