@@ -142,7 +142,9 @@ class EKSFTConfig(SFTConfig):
         default=True,
         metadata={
             "help": "Compute log-probs, entropy and KL from hidden states and the LM head in chunks, never holding "
-            "the [tokens x vocab] logits. False: from the full logits (the readable reference implementation)."
+            "the [tokens x vocab] logits. False: from the full logits (the readable reference implementation). "
+            "Prompt-learning PEFT (prompt / prefix / P-tuning) always uses the full logits: its virtual tokens exist "
+            "only in the PEFT model's forward."
         },
     )
     token_stats_file: str | None = field(
