@@ -18,7 +18,7 @@ tokenizer's chat template, concatenated and repeated as needed; otherwise (and f
 ids in the vocabulary. Either way the first 1/8 of each sequence is prompt (labels -100). The weights are copied out
 of the safetensors file mapping into ordinary memory before anything is measured, so that no step faults them in.
 
-Variants (policy and a frozen reference both resident in every one, as in DESIGN.md section 3):
+Variants (policy and a frozen reference both resident in every one, as in docs/design.md section 3):
 
 * ``sft``: TRL's SFT loss path: the model patched by ``trl.trainer.utils.add_fused_lm_head`` with the outputs
   ``SFTTrainer`` asks for, ``model(**inputs, fused_lm_head=True)``, loss = mean NLL of the valid tokens.
@@ -26,7 +26,7 @@ Variants (policy and a frozen reference both resident in every one, as in DESIGN
 * ``eksft_chunked``: policy hidden states (grad) + reference hidden states (no grad) + ``chunked_token_stats`` +
   ``compute_objective("eksft")`` (default backend); ``eksft_chunked_torch`` forces ``backend="torch"``.
 * ``eksft_materialised``: full logits of both models, ``token_stats``, ``compute_objective("eksft")``.
-* ``published``: the published trainer's pattern re-implemented (DESIGN.md section 1): a policy forward without
+* ``published``: the published trainer's pattern re-implemented (docs/design.md section 1): a policy forward without
   gradient and a reference forward for the statistics, full log-probabilities kept, then a policy forward with
   gradient, its probabilities materialised again, the masks one token early, the KL term on ``probs -
   log_probs_ref``, the per-step "dynamic lambda", and its two ``torch.cuda.empty_cache()`` calls.
@@ -58,7 +58,6 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -70,6 +69,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from trl.trainer.utils import add_fused_lm_head
 
 from eksft.chunked import chunked_token_stats, hidden_states, lm_head_of
+from eksft.demo.real_data import general_conversations, math_solutions
 from eksft.objectives import compute_objective
 from eksft.stats import IGNORE_INDEX, token_stats
 
@@ -224,7 +224,7 @@ def _empty_cache():
 
 def published_step(policy, reference, batch, rho=0.2, lambda_entropy=0.05, lambda_kl=0.05):
     """The published EKSFT trainer's compute_loss (MINE-USTC/EKSFT, src/llamafactory/train/eksft/trainer.py),
-    re-implemented step for step, its mistakes included (DESIGN.md section 1)."""
+    re-implemented step for step, its mistakes included (docs/design.md section 1)."""
     labels = batch["labels"]
     attention_mask = labels.ne(IGNORE_INDEX)  # unshifted: the statistics of logits[t] are paired with labels[t]
     # pass 1 and 2: policy and reference without gradient, full log-probabilities kept for the KL term later
@@ -427,17 +427,10 @@ def load_pretrained(model_dir: str, device: torch.device, dtype: torch.dtype):
 
 def _demo_texts(tokenizer) -> list[str]:
     """The demo's conversations and MATH problems (user: problem, assistant: solution) as the model would see them."""
-    conversations = []
-    data = resources.files("eksft.demo") / "data"
-    for name in ("general_conversations.jsonl", "math500_level3.jsonl"):
-        for line in (data / name).read_text().splitlines():
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            messages = record.get("messages") or [
-                {"role": "user", "content": record["problem"]}, {"role": "assistant", "content": record["solution"]},
-            ]  # fmt: skip
-            conversations.append(messages)
+    conversations = general_conversations() + [
+        [{"role": "user", "content": row["problem"]}, {"role": "assistant", "content": row["solution"]}]
+        for row in math_solutions()
+    ]
     if getattr(tokenizer, "chat_template", None):
         return [tokenizer.apply_chat_template(messages, tokenize=False) for messages in conversations]
     return ["\n\n".join(message["content"] for message in messages) + "\n\n" for messages in conversations]
@@ -619,7 +612,7 @@ def _ratio(a, b) -> float | None:
 
 
 def summary_table(rows: list[dict]) -> str:
-    """Per shape: every variant's time and memory, and the ratios the targets are stated in (DESIGN.md section 3)."""
+    """Per shape: every variant's time and memory, and the ratios the targets are stated in (docs/design.md section 3)."""
     lines = []
     for shape in dict.fromkeys(row["shape"] for row in rows):
         by_variant = {row["variant"]: row for row in rows if row["shape"] == shape and "error" not in row}

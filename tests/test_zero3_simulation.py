@@ -2,7 +2,7 @@
 
 Under ZeRO-3 every parameter is a placeholder of ``numel 0`` except inside its module's forward (and backward),
 where DeepSpeed gathers it. The chunked statistics read the LM head directly, never through its module, so they
-gather it themselves (``eksft.chunked._gather`` -> TRL's ``maybe_gather_lm_head_ctx`` ->
+gather it themselves (``eksft.sharding.gathered`` -> TRL's ``maybe_gather_lm_head_ctx`` ->
 ``deepspeed.zero.GatheredParameters``). Autograd records the shape a parameter has when an autograd function is
 applied; applied outside the gather, it records ``[0]`` and rejects the backward's full ``[V, H]`` gradient.
 

@@ -40,24 +40,23 @@ uses ``CUDA_BACKEND`` on a CUDA device with Triton and float32 / bf16 / fp16 hid
 everywhere else. ``benchmarks/step_cost.py`` measures both on a GPU (variants ``eksft_chunked`` and
 ``eksft_chunked_torch``); ``benchmarks/RESULTS.md`` says which is faster.
 
-Sharded heads. An FSDP2 head (``DTensor``) is gathered with ``full_tensor()``, a DeepSpeed ZeRO-3 head with TRL's
-``maybe_gather_lm_head_ctx``: around each autograd function's ``apply`` (autograd records the full ``[V, H]`` shape,
-not the empty placeholder), inside the backward, and, for an untied head, from the start of the backward until the
-gradient has been accumulated into the parameter (``_hold_until_accumulated``; a tied head is gathered then by the
-input embedding's module). Under ZeRO-3 and DDP the call must run inside the wrapped model's forward (TRL's
-``_ForwardRedirection``) so that the gradient reduction hooks fire. ``tests/test_zero3_simulation.py`` and
-``tests/trainer/test_sharded_training.py`` check both.
+Sharded heads (``eksft.sharding``). An FSDP2 head (``DTensor``) is gathered whole with its gradient reduce-scattered
+over the ranks; a DeepSpeed ZeRO-3 head is gathered around each autograd function's ``apply`` (autograd records the
+full ``[V, H]`` shape, not the empty placeholder), inside the backward, and, for an untied head, from the start of
+the backward until the gradient has been accumulated into the parameter (a tied head is gathered then by the input
+embedding's module). Under ZeRO-3 and DDP the call must run inside the wrapped model's forward (TRL's
+``_ForwardRedirection``) so that the gradient reduction hooks fire.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from packaging.version import Version
 
+from .sharding import GatherHeadForBackward, full_parameter, gathered
 from .stats import TokenStats, shift_labels
 
 # Tile sizes of backend="torch", read at call time (tests shrink them to exercise many tiles). One float32 tile of
@@ -189,87 +188,6 @@ def hidden_states(model, **inputs) -> torch.Tensor:
 # The chunked statistics
 
 
-class _ScaleGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tensor, scale):
-        ctx.scale = scale
-        return tensor.view_as(tensor)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.scale, None
-
-
-def _full(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    """An FSDP2-sharded parameter (DTensor) gathered into a plain tensor whose gradient is reduced over the ranks.
-
-    ``full_tensor()`` is not enough: its backward treats the gradient as replicated (the same on every rank) and
-    keeps each rank's own slice of its own gradient, so the shards of a head that FSDP2 has not unsharded (accelerate
-    puts an untied head in a group of its own, which the chunked path never calls) would be updated from one rank's
-    batch each. Here the gradient is declared partial (one term per rank), so the backward reduce-scatters it, and it
-    is divided by the number of ranks, as FSDP2 divides the gradients of the parameters it reduces itself.
-    """
-    if tensor is None or type(tensor).__name__ != "DTensor":
-        return tensor
-    from torch.distributed.tensor import Partial, Replicate
-
-    mesh = tensor.device_mesh
-    full = tensor.redistribute(mesh, [Replicate()] * mesh.ndim).to_local(grad_placements=[Partial()] * mesh.ndim)
-    return _ScaleGradient.apply(full, 1.0 / mesh.size()) if full.requires_grad else full
-
-
-def _gather(*params: torch.Tensor | None):
-    """DeepSpeed ZeRO-3 parameters gathered for the duration of a direct access (a null context otherwise)."""
-    if not any(p is not None and hasattr(p, "ds_status") for p in params):
-        return nullcontext()
-    from trl.trainer.utils import maybe_gather_lm_head_ctx
-
-    return maybe_gather_lm_head_ctx(*params)
-
-
-def _hold_until_accumulated(params: list[torch.Tensor]) -> None:
-    """Gather ZeRO-3 parameters now and release them once autograd has accumulated the gradient of each.
-
-    Autograd accumulates a gradient into ``param.grad`` after the function that produced it has returned, by then
-    outside that function's own gather; into a ZeRO-3 placeholder of ``numel 0`` the full ``[V, H]`` gradient does
-    not fit. DeepSpeed avoids this for a module by gathering its parameters for the module's whole backward; the
-    head is read directly, so this does the same for it. The release runs after DeepSpeed's own post-accumulate
-    hook (registered first, when the engine was built), which has by then reduced the gradient to its partition.
-    """
-    gather = _gather(*params)
-    if isinstance(gather, nullcontext):  # not ZeRO-3, or already gathered
-        return
-    gather.__enter__()
-    pending = {id(p) for p in params}
-    handles = []
-
-    def release(param: torch.Tensor) -> None:
-        pending.discard(id(param))
-        if not pending:
-            for handle in handles:
-                handle.remove()
-            gather.__exit__(None, None, None)
-
-    handles.extend(p.register_post_accumulate_grad_hook(release) for p in params)
-
-
-class _GatherHeadForBackward(torch.autograd.Function):
-    """Identity on the policy's statistics whose backward, which runs just before theirs, gathers the ZeRO-3 LM head
-    until its gradient is accumulated (``_hold_until_accumulated``). Not needed for a tied head: the input
-    embedding's module gathers the same weight for its own backward, and the gradient is accumulated then."""
-
-    @staticmethod
-    def forward(ctx, params, *stats):
-        ctx.params = params
-        return tuple(None if s is None else s.view_as(s) for s in stats)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        if any(g is not None for g in grads):
-            _hold_until_accumulated([p for p in ctx.params if p is not None and p.requires_grad])
-        return (None, *grads)
-
-
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     device_type = hidden.device.type
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
@@ -328,7 +246,7 @@ class _ChunkedStats(torch.autograd.Function):
         ref_lse, ref_target_logit = full(-math.inf), full(0.0)
         # running argmax of the policy's logits (is_top1); the first index wins ties, as in torch.argmax
         top_logit, top_index = full(-math.inf), torch.zeros(n_tokens, device=device, dtype=torch.long)
-        with torch.autocast(device.type, enabled=False), _gather(weight, bias, ref_weight, ref_bias):
+        with torch.autocast(device.type, enabled=False), gathered(weight, bias, ref_weight, ref_bias):
             vocab_size = weight.shape[0]
             for t0 in range(0, n_tokens, TOKEN_TILE):
                 rows = slice(t0, t0 + TOKEN_TILE)
@@ -403,7 +321,7 @@ class _ChunkedStats(torch.autograd.Function):
         # is  1[v = y] g_logp - p_v (a log p_v + g_kl log q_v + c)  with, per token:
         a = g_entropy - g_kl
         c = g_logp + g_entropy * entropy + (g_kl * kl if grad_kl is not None else 0.0)
-        with torch.autocast(hidden.device.type, enabled=False), _gather(weight, bias, ref_weight, ref_bias):
+        with torch.autocast(hidden.device.type, enabled=False), gathered(weight, bias, ref_weight, ref_bias):
             vocab_size = weight.shape[0]
             grad_hidden = torch.zeros(hidden.shape, device=hidden.device, dtype=acc_dtype) if needs_hidden else None
             grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=acc_dtype) if needs_weight else None
@@ -455,12 +373,14 @@ def _local_targets(targets: torch.Tensor, v0: int, v1: int) -> tuple[torch.Tenso
 
 
 def _stats_torch(h, targets, head, ref_h, ref_head):
-    weight, bias = _full(head.weight), _full(head.bias)
-    ref = (ref_h, _full(ref_head.weight), _full(ref_head.bias)) if ref_h is not None else (None, None, None)
+    weight, bias = full_parameter(head.weight), full_parameter(head.bias)
+    ref = (None, None, None)
+    if ref_h is not None:
+        ref = (ref_h, full_parameter(ref_head.weight), full_parameter(ref_head.bias))
     transforms = (head.logit_scale, head.softcap, ref_head.logit_scale if ref_h is not None else 1.0,
                   ref_head.softcap if ref_h is not None else None)  # fmt: skip
     # applied inside the gather: autograd records the full [V, H] shape of a ZeRO-3 head, not its empty placeholder
-    with _gather(weight, bias, *ref[1:]):
+    with gathered(weight, bias, *ref[1:]):
         return _ChunkedStats.apply(h, weight, bias, targets, *ref, transforms)
 
 
@@ -472,19 +392,19 @@ def _stats_trl(h, targets, head, ref_h, ref_head):
     from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
     from trl.kernels.chunked_logprob import ChunkedLogProbFunction
 
-    weight, bias = _full(head.weight), _full(head.bias)
-    with _gather(weight, bias):  # the log-prob kernel gathers in its backward only; see _stats_torch
+    weight, bias = full_parameter(head.weight), full_parameter(head.bias)
+    with gathered(weight, bias):  # the log-prob kernel gathers in its backward only; see _stats_torch
         logp, entropy, _, _, is_top1 = ChunkedLogProbFunction.apply(
             h, weight, bias, targets, 1.0, TRL_VOCAB_CHUNK, head.softcap, head.logit_scale, ("entropy", "is_top1")
         )
     if ref_h is None:
         return logp, entropy, None, None, is_top1
-    ref_weight, ref_bias = _full(ref_head.weight), _full(ref_head.bias)
-    with torch.no_grad(), _gather(ref_weight, ref_bias):
+    ref_weight, ref_bias = full_parameter(ref_head.weight), full_parameter(ref_head.bias)
+    with torch.no_grad(), gathered(ref_weight, ref_bias):
         ref_logp = ChunkedLogProbFunction.apply(
             ref_h, ref_weight, ref_bias, targets, 1.0, TRL_VOCAB_CHUNK, ref_head.softcap, ref_head.logit_scale, ()
         )[0]
-    with _gather(weight, bias, ref_weight, ref_bias):  # the kernel gathers inside; autograd needs the full shapes
+    with gathered(weight, bias, ref_weight, ref_bias):  # the kernel gathers inside; autograd needs the full shapes
         kl, _ = ChunkedDivergenceFunction.apply(
             h, weight, bias, ref_h, ref_weight, ref_bias, 1.0, 1.0,
             head.logit_scale, head.softcap, ref_head.logit_scale, ref_head.softcap,
@@ -495,11 +415,11 @@ def _stats_trl(h, targets, head, ref_h, ref_head):
 @torch.no_grad()
 def _top_k_entropy(h: torch.Tensor, head: LMHead, k: int) -> torch.Tensor:
     """[N] entropy of the policy renormalised over its ``k`` largest logits, tiled (a running top-k per token)."""
-    weight, bias = _full(head.weight), _full(head.bias)
+    weight, bias = full_parameter(head.weight), full_parameter(head.bias)
     compute_dtype = _compute_dtype(h)
     acc_dtype = torch.promote_types(compute_dtype, torch.float32)
     out = torch.empty(h.shape[0], device=h.device, dtype=acc_dtype)
-    with torch.autocast(h.device.type, enabled=False), _gather(weight, bias):
+    with torch.autocast(h.device.type, enabled=False), gathered(weight, bias):
         vocab_size = weight.shape[0]
         k = min(k, vocab_size)
         for t0 in range(0, h.shape[0], TOKEN_TILE):
@@ -571,7 +491,7 @@ def chunked_token_stats(
     compute = _stats_trl if _pick_backend(backend, hidden) == "trl" else _stats_torch
     logp, entropy, kl, ref_logp, is_top1 = compute(h, y, head, ref_h, ref_head)
     if hasattr(head.weight, "ds_status") and not head.tied and torch.is_grad_enabled():
-        logp, entropy, kl = _GatherHeadForBackward.apply((head.weight, head.bias), logp, entropy, kl)
+        logp, entropy, kl = GatherHeadForBackward.apply((head.weight, head.bias), logp, entropy, kl)
     if check_finite:
         for name, value in (("logp", logp), ("entropy", entropy), ("kl", kl)):
             if value is not None and not bool(torch.isfinite(value).all()):

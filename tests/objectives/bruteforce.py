@@ -1,6 +1,6 @@
 """Brute-force float64 reference for every objective in ``eksft.objectives.OBJECTIVES``.
 
-Written from the specification (``DESIGN.md`` section 1 and the module docstrings), not from the library code:
+Written from the specification (``docs/design.md`` section 1 and the module docstrings), not from the library code:
 explicit Python loops over sequences and positions, one 1-D vocabulary vector at a time, plain torch float64 ops
 (so that autograd gives the gradient with respect to the logits), selection with Python's ``sorted()`` and
 ``k = floor(rho * N)`` with Python floats (float64). Nothing here imports ``eksft``.

@@ -209,27 +209,23 @@ def test_padding_free_warnings_are_sft_trainers(tiny_model, conversation, tmp_pa
     assert warnings[EKSFTTrainer] == warnings[SFTTrainer]
 
 
-def test_padding_free_without_packing_is_refused_like_sft_trainer(tiny_model, conversation, make_config, fast_cpu,
-                                                                   tmp_path):  # fmt: skip
-    # SFTTrainer refuses padding-free batches without packing while max_length is set (it would not be enforced)
-    data = make_dataset("messages", conversation)
+@pytest.mark.parametrize(
+    "kind, option, message",
+    [
+        # padding-free batches without packing while max_length is set (it would not be enforced)
+        ("messages", "padding_free", "max_length"),
+        ("language_modeling", "assistant_only_loss", "not conversational"),
+    ],
+)
+def test_options_sft_trainer_refuses_are_refused_with_its_message(tiny_model, conversation, make_config, fast_cpu,
+                                                                   tmp_path, kind, option, message):  # fmt: skip
+    data = make_dataset(kind, conversation)
     with pytest.raises(ValueError) as theirs:
-        SFTTrainer(tiny_model, args=SFTConfig(output_dir=str(tmp_path / "sft"), padding_free=True, **fast_cpu),
+        SFTTrainer(tiny_model, args=SFTConfig(output_dir=str(tmp_path / "sft"), **{option: True}, **fast_cpu),
                    train_dataset=data)  # fmt: skip
     with pytest.raises(ValueError) as ours:
-        EKSFTTrainer(tiny_model, args=make_config(loss_type="nll", padding_free=True), train_dataset=data)
-    assert "max_length" in str(theirs.value) and str(ours.value) == str(theirs.value)
-
-
-def test_assistant_only_loss_on_plain_text_is_refused_like_sft_trainer(tiny_model, conversation, make_config,
-                                                                       fast_cpu, tmp_path):  # fmt: skip
-    data = make_dataset("language_modeling", conversation)
-    with pytest.raises(ValueError) as theirs:
-        SFTTrainer(tiny_model, args=SFTConfig(output_dir=str(tmp_path / "sft"), assistant_only_loss=True, **fast_cpu),
-                   train_dataset=data)  # fmt: skip
-    with pytest.raises(ValueError) as ours:
-        EKSFTTrainer(tiny_model, args=make_config(loss_type="nll", assistant_only_loss=True), train_dataset=data)
-    assert "not conversational" in str(theirs.value) and str(ours.value) == str(theirs.value)
+        EKSFTTrainer(tiny_model, args=make_config(loss_type="nll", **{option: True}), train_dataset=data)
+    assert message in str(theirs.value) and str(ours.value) == str(theirs.value)
 
 
 # ---- 3. evaluation ----------------------------------------------------------------------------------------------

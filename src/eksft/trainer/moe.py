@@ -11,14 +11,14 @@ with the same function the model and TRL use (Mixtral's, which every MoE family 
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 
 def router_aux_loss(model, router_logits, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """The load-balancing loss of ``router_logits`` (one tensor per MoE layer), as ``model``'s own forward computes it:
     its modeling module's ``load_balancing_loss_func`` (Mixtral's where it has none), its expert counts."""
-    import sys
-
     from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
     loss_fn = getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", load_balancing_loss_func)
