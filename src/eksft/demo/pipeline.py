@@ -468,9 +468,9 @@ def train_grpo(sft_dir: Path, out_dir: Path, rows: list[dict], profile: Profile,
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
-    from trl import GRPOConfig
 
     from ..grpo import build_trainer
+    from ..trainer.grpo_trainer import GRPOConfig
 
     staging = _staging(out_dir)
     try:
@@ -483,6 +483,7 @@ def train_grpo(sft_dir: Path, out_dir: Path, rows: list[dict], profile: Profile,
             lr_scheduler_type="constant", beta=0.0, loss_type="dapo", epsilon=0.2, epsilon_high=0.28,
             reward_weights=[1.0, 0.1], use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none",
             save_strategy="no", logging_steps=1, disable_tqdm=True, model_init_kwargs={"dtype": torch.float32},
+            log_file=GRPO_LOG_FILE,
         )  # fmt: skip
         trainer = build_trainer(str(sft_dir), config, Dataset.from_list(rows), ["accuracy", "format"],
                                 processing_class=tokenizer,
@@ -490,9 +491,6 @@ def train_grpo(sft_dir: Path, out_dir: Path, rows: list[dict], profile: Profile,
         _quiet_trainer(trainer)
         trainer.train()
         trainer.save_model(str(staging))
-        records = [{**r, "step": r.get("step", i + 1)} for i, r in enumerate(trainer.state.log_history)
-                   if "train_runtime" not in r]  # fmt: skip
-        (staging / GRPO_LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
         _finish(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

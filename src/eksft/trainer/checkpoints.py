@@ -20,6 +20,7 @@ file by file, ``config.json`` (the file that makes a directory a model directory
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..atomic import replace_directory
 
+EXTRA_STATE_NAME = "eksft_state.json"  # in a checkpoint, next to trainer_state.json (AtomicCheckpoints._extra_state)
 CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 # staging directories and the `.checkpoint-N.old-*` that `replace_directory` uses when checkpoint-N already exists
 STAGING_GLOB = f".{PREFIX_CHECKPOINT_DIR}-*"
@@ -114,6 +116,13 @@ class AtomicCheckpoints:
     _checkpoint_staging: str | None = None
     _push_pending = False
 
+    def _extra_state(self) -> dict:
+        """What the trainer needs back on a resume beyond the Trainer's own state (saved as ``EXTRA_STATE_NAME``)."""
+        return {}
+
+    def _restore_extra_state(self, checkpoint: str) -> None:
+        """Read back what ``_extra_state`` saved in ``checkpoint`` (called by ``SafeTraining.train`` on a resume)."""
+
     def _get_output_dir(self, trial) -> str:
         return self._checkpoint_staging or super()._get_output_dir(trial)
 
@@ -143,6 +152,10 @@ class AtomicCheckpoints:
             self.state.best_model_checkpoint = final
             if self.args.should_save:
                 self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+        extra = self._extra_state()
+        if extra and self.args.should_save:
+            with open(os.path.join(staged, EXTRA_STATE_NAME), "w", encoding="utf-8") as handle:
+                json.dump(extra, handle)
         self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, optimizer shards)
         if self.args.should_save:
             publish_checkpoint(staged, final)

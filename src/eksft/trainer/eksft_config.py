@@ -151,7 +151,7 @@ class EKSFTConfig(SFTConfig):
         default="token_stats.jsonl",
         metadata={
             "help": "File in output_dir that gets one JSON line (step, epoch, every metric) per logging step, "
-            "written by the main process. None: no file."
+            "written by the main process; cut back to the checkpoint's step on a resume. None: no file."
         },
     )
 

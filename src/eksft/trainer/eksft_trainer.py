@@ -30,6 +30,7 @@ from ..chunked import backbone_outputs, chunked_token_stats, hidden_states, lm_h
 from ..objectives import OBJECTIVES, compute_objective
 from ..stats import TokenStats, token_stats
 from ..templates import apply_template_file, can_mask_assistant, conversations_to_prompt_completion
+from .checkpoints import EXTRA_STATE_NAME
 from .eksft_config import EKSFTConfig
 from .moe import router_aux_loss
 from .parallelism import check_parallelism
@@ -63,6 +64,7 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
 
     _tag_names = ["trl", "sft", "eksft"]
     _name = "EKSFT"
+    step_log_option = "token_stats_file"  # one JSON line per logging step (eksft.trainer.step_log)
     # `compute_loss` returns a loss already scaled for gradient accumulation (see `_scale_for_accumulation`)
     loss_is_scaled_for_ga = True
 
@@ -332,14 +334,17 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
             self._total_train_tokens += int(total[0]) // self._tp_size
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """SFTTrainer's logging (metric means, report_to, progress bar), then one JSON line in ``token_stats_file``."""
-        has_metrics = bool(self._metrics["train" if self.model.training else "eval"])
-        super().log(logs, start_time)
-        if has_metrics and self.args.token_stats_file and self.is_world_process_zero():
-            os.makedirs(self.args.output_dir, exist_ok=True)
-            with open(os.path.join(self.args.output_dir, self.args.token_stats_file), "a", encoding="utf-8") as f:
-                f.write(json.dumps(self.state.log_history[-1]) + "\n")
+
+    def _extra_state(self) -> dict:
+        # SFTTrainer's running count behind the logged num_tokens is not in the Trainer's state: without this, a
+        # resumed run would count from 0 again
+        return {"total_train_tokens": self._total_train_tokens}
+
+    def _restore_extra_state(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, EXTRA_STATE_NAME)
+        if os.path.isfile(path):  # a checkpoint of plain transformers, or of an older eksft, has none
+            with open(path, encoding="utf-8") as handle:
+                self._total_train_tokens = json.load(handle)["total_train_tokens"]
 
 
 def _prompt_learning_config(model):

@@ -1,4 +1,4 @@
-"""TRL's GRPO with eksft's safety net: ``GRPOConfig`` adds ``max_nonfinite_steps``, ``GRPOTrainer`` adds
+"""TRL's GRPO with eksft's safety net: ``GRPOConfig`` adds ``max_nonfinite_steps`` and ``log_file``, ``GRPOTrainer`` adds
 ``eksft.trainer.safety.SafeTraining`` (NaN/inf steps skipped, SIGINT/SIGTERM save a checkpoint, atomic checkpoints)
 and reads a model given by path from safetensors files only.
 
@@ -17,9 +17,15 @@ from .weights import use_safetensors
 
 @dataclass
 class GRPOConfig(trl.GRPOConfig):
-    """``trl.GRPOConfig`` plus ``max_nonfinite_steps`` (stop after that many NaN/inf steps in a row; 0: never)."""
+    """``trl.GRPOConfig`` plus ``max_nonfinite_steps`` (stop after that many NaN/inf steps in a row; 0: never) and
+    ``log_file`` (the per-step log)."""
 
     max_nonfinite_steps: int = field(default=DEFAULT_MAX_NONFINITE_STEPS, metadata={"help": MAX_NONFINITE_STEPS_HELP})
+    log_file: str | None = field(
+        default="grpo_log.jsonl",
+        metadata={"help": "File in output_dir that gets one JSON line (step, rewards, every metric) per logging step, "
+                  "written by the main process; cut back to the checkpoint's step on a resume. None: no file."},
+    )  # fmt: skip
 
     def __post_init__(self):
         check_max_nonfinite_steps(self.max_nonfinite_steps)
@@ -27,7 +33,10 @@ class GRPOConfig(trl.GRPOConfig):
 
 
 class GRPOTrainer(SafeTraining, trl.GRPOTrainer):
-    """``trl.GRPOTrainer`` with the safety net; a plain ``trl.GRPOConfig`` works too (default max_nonfinite_steps)."""
+    """``trl.GRPOTrainer`` with the safety net; a plain ``trl.GRPOConfig`` works too (default max_nonfinite_steps,
+    no per-step log)."""
+
+    step_log_option = "log_file"
 
     def __init__(self, model, reward_funcs, args=None, *rest, **kwargs):
         if args is not None:  # without args TRL builds a default config and loads from the path itself

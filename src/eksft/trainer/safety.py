@@ -24,11 +24,15 @@
   same steps, stops at the same step and writes its part of the same checkpoint.
 * **Checkpoints** appear only when complete, and resuming with ``resume_from_checkpoint=True`` only picks complete
   ones (``eksft.trainer.checkpoints``).
+* **Resume.** The per-step log (``eksft.trainer.step_log``) is cut back to the step the run starts from, so that the
+  steps a killed run logged after its last checkpoint are not in it twice; one line names the checkpoint and its step;
+  a tied head's weight, which checkpoints do not store, is not reported as a missing key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -37,9 +41,11 @@ import threading
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..errors import UserError
+from . import step_log
 from .checkpoints import AtomicCheckpoints, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -228,7 +234,12 @@ def stop_on_signals(request_stop):
 
 
 class SafeTraining(AtomicCheckpoints):
-    """Trainer mixin, listed before the Trainer class: ``class T(SafeTraining, trl.SFTTrainer)``. See the module."""
+    """Trainer mixin, listed before the Trainer class: ``class T(SafeTraining, trl.SFTTrainer)``. See the module.
+
+    ``step_log_option`` names the config field that holds the per-step log's file name (None: the trainer keeps none).
+    """
+
+    step_log_option: str | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -242,6 +253,9 @@ class SafeTraining(AtomicCheckpoints):
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}")
+        if resume_from_checkpoint:
+            self._restore_extra_state(resume_from_checkpoint)
+        self._start_step_log(resume_from_checkpoint or None)
         self.guard.reset()
         with stop_on_signals(self.guard.request_stop):
             output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
@@ -258,7 +272,40 @@ class SafeTraining(AtomicCheckpoints):
         self.guard.note_loss(loss)
         return loss
 
+    @property
+    def step_log_path(self) -> str | None:
+        """The per-step log of this run: ``output_dir`` / the file the config names (None: no log)."""
+        name = getattr(self.args, self.step_log_option, None) if self.step_log_option else None
+        return os.path.join(self.args.output_dir, name) if name else None
+
+    def _start_step_log(self, checkpoint: str | None) -> None:
+        """Cut the per-step log back to the step this run starts from, and say where a resume starts."""
+        if not self.is_world_process_zero():
+            return
+        state_file = os.path.join(checkpoint, TRAINER_STATE_NAME) if checkpoint is not None else None
+        step = 0  # a fresh run; or a directory without trainer state, which the Trainer refuses or starts at step 0
+        if state_file is not None and os.path.isfile(state_file):
+            with open(state_file, encoding="utf-8") as handle:
+                step = json.load(handle)["global_step"]
+        removed = step_log.cut_back(self.step_log_path, step) if self.step_log_path else 0
+        lines = f"{removed} line{'s' * (removed != 1)}"
+        if checkpoint is not None:
+            cut = f"; {lines} of later steps removed from {self.step_log_path}" if removed else ""
+            print(f"resuming from {checkpoint} (step {step}){cut}", flush=True)
+        elif removed:
+            print(f"{self.step_log_path}: {lines} of an earlier run removed (this run starts at step 0)", flush=True)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # training log lines (evaluation keys start with eval_)
             logs["nonfinite_steps"] = self.guard.total
         super().log(logs, start_time)
+        # every line of the log history but the end-of-training summary (its runtimes say nothing about a step)
+        if self.step_log_path and self.is_world_process_zero() and "train_runtime" not in logs:
+            step_log.append(self.step_log_path, self.state.log_history[-1])
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """The Trainer's warnings after loading a checkpoint's weights, less the tied weights: a checkpoint does not
+        store a tied head (it is the embedding), so "missing keys: ['lm_head.weight']" would report nothing missing."""
+        tied = set(getattr(self.accelerator.unwrap_model(self.model), "all_tied_weights_keys", None) or ())
+        load_result.missing_keys[:] = [key for key in load_result.missing_keys if key not in tied]
+        super()._issue_warnings_after_load(load_result)

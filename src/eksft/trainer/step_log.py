@@ -1,0 +1,63 @@
+"""The per-step log of a training run: one JSON line per logging step in ``output_dir`` (``token_stats.jsonl`` for
+``eksft sft``, ``grpo_log.jsonl`` for ``eksft grpo``), appended by the main process as the Trainer logs.
+
+Appending alone is wrong after a crash: a run killed at step 609 with its last checkpoint at step 600 has already
+written steps 601-609, and the resumed run writes them again. So before a run trains, its log is cut back to the step
+it starts from (``cut_back``): the checkpoint's step on a resume, 0 for a fresh run in an old ``output_dir``. Each step
+is then in the file once, with the values the run that reached it computed; a kill in the middle of an append leaves
+a torn last line, which the cut drops too. The cut writes a new file and renames it over the old one, so a kill
+during the cut leaves the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..atomic import write_text_atomic
+
+
+def _step(line: bytes) -> int | float | None:
+    """The ``step`` of a log line; None for a line that is not a JSON object with a numeric step."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else None
+
+
+def cut_back(path: str | os.PathLike, step: int) -> int:
+    """Remove the lines of ``path`` logged after ``step`` and a torn last line; returns how many lines went.
+
+    Lines are kept byte for byte. A line in the middle that cannot be read (no JSON, no step) is kept: only the
+    writer's last append can be torn, and a line nobody can date is not ours to delete. No file: nothing to do; every
+    line removed: the file goes too.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_bytes().split(b"\n") if line.strip()]
+    kept = []
+    for number, line in enumerate(lines):
+        line_step = _step(line)
+        if line_step is None:
+            if number < len(lines) - 1:
+                kept.append(line)
+        elif line_step <= step:
+            kept.append(line)
+    removed = len(lines) - len(kept)
+    if not kept:
+        path.unlink()
+    elif removed:
+        write_text_atomic(path, b"".join(line + b"\n" for line in kept).decode("utf-8"))
+    return removed
+
+
+def append(path: str | os.PathLike, record: dict) -> None:
+    """One JSON line at the end of ``path`` (created with its directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
