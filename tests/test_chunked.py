@@ -270,6 +270,29 @@ def test_no_valid_position_gives_zeros_attached_to_the_graph(backend):
     assert all(bool((g == 0).all()) for g in grads)
 
 
+@pytest.mark.parametrize("backend", ["torch", "trl"])
+@pytest.mark.parametrize("where", ["hidden", "ref_hidden"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_hidden_state_raises_at_a_trained_position_only(backend, where, value):
+    problem = Problem("odd", torch.float32)
+    labels = problem.labels  # labels[:, :4] are the prompt: position 1 predicts labels[:, 2], ignored
+    for position, trained in ((1, False), (-1, False), (10, True)):  # the last position predicts nothing
+        tensors = {"hidden": problem.hidden().detach(), "ref_hidden": problem.ref_hidden.clone()}
+        tensors[where][0, position] = value
+
+        def run(check: bool, tensors=tensors):
+            return chunked_token_stats(tensors["hidden"], labels, problem.head(), tensors["ref_hidden"],
+                                       problem.ref_head(), backend=backend, check_finite=check)  # fmt: skip
+
+        if trained:
+            with pytest.raises(ValueError, match=r"^chunked (logp|entropy|kl) contains NaN or inf"):
+                run(True)
+            assert not bool(torch.isfinite(run(False).kl).all())  # unchecked: the trainer's NaN guard sees it
+        else:
+            stats = run(True)
+            assert all(bool(torch.isfinite(getattr(stats, f)).all()) for f in ("logp", "entropy", "kl")), position
+
+
 def test_reference_equal_to_policy_gives_exactly_zero_kl():
     problem = Problem("scale_softcap_bias", torch.float32)
     hidden = problem.hidden()

@@ -76,6 +76,8 @@ CASES = [
     # text answers, multiple choice
     (r"\boxed{\text{Evelyn}}", r"\text{Evelyn}", True),  # MATH-500 name answer
     (r"\boxed{\text{Evelyn}.}", r"\text{Evelyn}", True),  # trailing period, math-verify alone says False
+    (r"\boxed{\text{Evelyn}}", r"\text{Evelyn.}", True),  # the period in the gold: math-verify alone says False
+    (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}.", True),  # the same, after a fraction
     (r"\boxed{\text{Bob}}", r"\text{Evelyn}", False),
     (r"\boxed{\text{(A)}}", "A", True),
     (r"\boxed{A}", r"\text{(A)}", True),

@@ -276,6 +276,8 @@ def reference(
         "entropy_term": entropy_term.item(),
         "kl_term": kl_term.item(),
         "mean_entropy": _sum([stats[pos].entropy.detach() for pos in valid_positions]).item() / n,
+        "frac_entropy_set": len(e_set) / n,
+        "frac_kl_set": len(k_set) / n,
         "iou": len(e_set & k_set) / len(union) if union else 0.0,
     }
     if imitated is not None:

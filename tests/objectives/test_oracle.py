@@ -151,7 +151,7 @@ def assert_masks(out, expected: bf.Reference, labels: torch.Tensor, names=("entr
 def assert_metrics(metrics: dict, expected: bf.Reference, needs_reference: bool):
     for key in ("ce", "entropy_term", "kl_term", "mean_entropy"):
         assert_close(metrics[key], expected.metrics[key], TOL, key)
-    for key in ("frac_masked", "iou"):
+    for key in ("frac_masked", "frac_entropy_set", "frac_kl_set", "iou"):
         if key in expected.metrics:
             assert_close(metrics[key], expected.metrics[key], METRIC_TOL, key)
     if needs_reference:

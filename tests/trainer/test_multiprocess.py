@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from eksft.cli import main
 
 RECIPE = str(Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml")
+TIMEOUT = 240  # seconds; the run takes about 20 s on 2 busy cores
 COMPARED = ("loss", "grad_norm", "ce", "kl_term", "mean_entropy", "mean_kl", "num_tokens")
 
 
@@ -62,11 +63,13 @@ def test_two_processes_log_what_one_process_with_their_batch_logs(tiny_model, tm
     with open(log, "w") as out:
         launcher = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            launcher.wait(timeout=240)
+            launcher.wait(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:  # stop the launcher and its workers (they run in sessions of their own)
             for process in [*psutil.Process(launcher.pid).children(recursive=True), psutil.Process(launcher.pid)]:
                 process.kill()
             launcher.wait()
+            pytest.fail(f"torchrun with 2 processes did not end within {TIMEOUT} s (about 20 s normally): a hang, "
+                        f"killed; the end of its log:\n{log.read_text()[-3000:]}")  # fmt: skip
     assert launcher.returncode == 0, log.read_text()[-3000:]
     assert main([*args, "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "one")]) == 0
 

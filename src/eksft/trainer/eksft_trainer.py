@@ -334,7 +334,6 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
             self._total_train_tokens += int(total[0]) // self._tp_size
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
-
     def _extra_state(self) -> dict:
         # SFTTrainer's running count behind the logged num_tokens is not in the Trainer's state: without this, a
         # resumed run would count from 0 again
