@@ -35,7 +35,7 @@ reliability-doc: install
 	$(PY) -m pytest -q tests/robustness --write-reliability-doc
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
 
 demo: install
 	$(VENV)/bin/eksft demo --profile full
