@@ -3,6 +3,7 @@
     .venv/bin/python tools/mutation_check.py                 # every mutant (about 25 minutes on 2 cores)
     .venv/bin/python tools/mutation_check.py --only stats    # the mutants whose name starts with "stats"
     .venv/bin/python tools/mutation_check.py --list          # the mutants and their tests, nothing run
+    .venv/bin/python tools/mutation_check.py --write-doc     # every mutant, score into docs/reliability.md
 
 Each mutant in ``tools/mutants.py`` replaces one exact piece of code (it must occur once in its file) and names the
 tests to run against it. The repository is copied (``git ls-files``: committed and staged files) to a temporary
@@ -19,6 +20,8 @@ First the tests of every selected mutant run once without any mutant: they must 
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -31,6 +34,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mutants import MUTANTS, Mutant  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "reliability.md"
+
+
+def _table_module():
+    """tests/robustness/table.py, which owns docs/reliability.md up to the marker of this script's section."""
+    spec = importlib.util.spec_from_file_location("reliability_table", ROOT / "tests" / "robustness" / "table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def write_doc(results: list[tuple[Mutant, str]], minutes: float) -> None:
+    """Replace the mutation check's section of docs/reliability.md (after the table's marker) with this run's."""
+    table = _table_module()
+    counted = [(m, o) for m, o in results if not m.equivalent]
+    killed = sum(o == "killed" for _, o in counted)
+    lines = [table.MUTATION_MARKER, "", "## Mutation check", "",
+             f"`tools/mutation_check.py` plants the {len(results)} bugs of `tools/mutants.py` one at a time in a copy "
+             "of the repository and runs the tests that should notice each (`python tools/mutation_check.py "
+             "--write-doc` rewrites this section; not part of `make test`). A bug is killed when its tests fail. "
+             "Equivalent mutants cannot change any output and are not scored.", "",
+             f"Last run: {datetime.date.today().isoformat()}, {minutes:.0f} minutes on 2 CPU cores: **killed {killed} "
+             f"of {len(counted)}** mutants that can change an output; {len(results) - len(counted)} equivalent.", "",
+             "| Mutant | File | Bug | Outcome |", "|---|---|---|---|"]  # fmt: skip
+    for m, outcome in results:
+        shown = f"{outcome} (equivalent: {m.equivalent})" if m.equivalent else outcome
+        lines.append(f"| {m.name} | {m.file} | {_cell(m.what)} | {_cell(shown)} |")
+    text = DOC.read_text(encoding="utf-8")
+    DOC.write_text(table.table_part(text).rstrip("\n") + "\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
 
 
 def copy_repository(target: Path) -> None:
@@ -78,13 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants and their tests; run nothing")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant (default 600)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run of the tests without any mutant")
+    parser.add_argument("--write-doc", action="store_true",
+                        help="write the score into docs/reliability.md (a run of every mutant only)")  # fmt: skip
     args = parser.parse_args(argv)
     mutants = [m for m in MUTANTS if not args.only or m.name.startswith(tuple(args.only))]
     if args.list:
         for m in mutants:
             print(f"{m.name:32} {m.file}: {m.what}{'  [equivalent: ' + m.equivalent + ']' if m.equivalent else ''}")
         return 0
-    results = []
+    if args.write_doc and args.only:
+        parser.error("--write-doc records a run of every mutant; drop --only")
+    results, start = [], time.monotonic()
     with tempfile.TemporaryDirectory(prefix="eksft-mutation-") as tmp:
         copy = Path(tmp)
         copy_repository(copy)
@@ -108,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(equivalent)} equivalent (cannot change an output): "
           f"{', '.join(f'{m.name} ({o})' for m, o in equivalent) or 'none'}")  # fmt: skip
     survivors = [m.name for m, o in counted if o != "killed"]
+    if args.write_doc:
+        write_doc(results, (time.monotonic() - start) / 60)
+        print(f"wrote the score into {DOC.relative_to(ROOT)}")
     if survivors:
         print(f"not killed: {', '.join(survivors)}")
     return 0 if not survivors else 1

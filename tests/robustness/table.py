@@ -2,7 +2,8 @@
 
 Tests call the session fixture ``reliability.record(key, surface, fault, outcome)``; ``test_zz_reliability_doc``
 then compares the rows recorded in this run with ``docs/reliability.md`` (or rewrites it with
-``--write-reliability-doc``, which ``make reliability-doc`` passes). ``key`` orders the rows and ties a row to the test
+``--write-reliability-doc``, which ``make reliability-doc`` passes). The doc's last section, after
+``MUTATION_MARKER``, belongs to ``tools/mutation_check.py`` and is kept as it is. ``key`` orders the rows and ties a row to the test
 that records it; the texts must not depend on the run (no times, no temporary paths: use ``<tmp>``).
 """
 
@@ -14,6 +15,19 @@ from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 REGENERATE = "make reliability-doc"
+# what follows this line in the doc is the mutation check's section, written by tools/mutation_check.py --write-doc
+MUTATION_MARKER = "<!-- The section below is written by tools/mutation_check.py --write-doc. -->"
+
+
+def table_part(text: str) -> str:
+    """The part of the doc that the suite writes: everything before the mutation check's section."""
+    return text.split(MUTATION_MARKER, 1)[0]
+
+
+def mutation_part(text: str) -> str:
+    """The mutation check's section, marker included ("" when the doc has none)."""
+    head, marker, tail = text.partition(MUTATION_MARKER)
+    return marker + tail
 SECTIONS = {
     "input": "Bad input",
     "train": "Faults during training",

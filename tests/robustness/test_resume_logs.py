@@ -227,8 +227,9 @@ def test_eksft_grpo_killed_and_resumed_equals_the_uninterrupted_run(kill, grpo_s
             "eksft grpo",
             f"SIGKILL at {len(GRPO_KILLS)} points of a 5-step run with checkpoints every 2 steps: "
             f"{'; '.join(GRPO_KILLS)}; then the same command with --resume_from_checkpoint last",
-            "grpo_log.jsonl holds steps 1-5 once each, line for line the uninterrupted run's (rewards, loss, KL, "
-            "completion lengths); the final model files equal byte for byte",
+            "grpo_log.jsonl holds steps 1-5 once each, line for line the uninterrupted run's (rewards, loss, entropy, "
+            "completion lengths, clip ratios; step_time, a wall-clock time, excepted); the final model files equal byte "
+            "for byte",
         )
 
 

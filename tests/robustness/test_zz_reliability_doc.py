@@ -2,7 +2,7 @@
 
 import pytest
 
-from .table import DOC, REGENERATE, keys_in, render
+from .table import DOC, REGENERATE, keys_in, mutation_part, render, table_part
 
 
 def test_reliability_doc_matches_the_suite(reliability, request):
@@ -13,10 +13,11 @@ def test_reliability_doc_matches_the_suite(reliability, request):
     if request.config.getoption("--write-reliability-doc"):
         # a run with failures records fewer rows: writing it would silently drop them
         assert request.session.testsfailed == 0, f"{DOC.name} not written: fix the failing tests first"
-        DOC.write_text(rendered, encoding="utf-8")
+        kept = mutation_part(DOC.read_text(encoding="utf-8")) if DOC.is_file() else ""
+        DOC.write_text(rendered + ("\n" + kept if kept else ""), encoding="utf-8")
         return
     assert DOC.is_file(), f"{DOC} is missing; run `{REGENERATE}`"
-    text = DOC.read_text(encoding="utf-8")
+    text = table_part(DOC.read_text(encoding="utf-8")).rstrip("\n") + "\n"
     missing = sorted(keys_in(text) - set(reliability.rows))
     assert not missing, (
         f"rows of {DOC.name} that no test recorded in this run: {missing}. Run the whole suite (make test), or "
