@@ -138,15 +138,17 @@ def model_files(out: Path) -> dict[str, bytes]:
 
 
 def kill_resume_compare(command, straight: Path, out: Path, install, log: str, resumed_from: str | None, capfd,
-                        caplog):  # fmt: skip
+                        caplog, option: str = "last"):  # fmt: skip
+    """Kill ``eksft COMMAND`` where ``install`` says, rerun it with ``--resume_from_checkpoint OPTION``, compare."""
     run_until_killed(command, install, out.parent / f"{out.name}.paused")
     capfd.readouterr()
     caplog.clear()
-    resume = [*command, "--resume_from_checkpoint", "last"] if resumed_from else command
-    assert cli.main(resume) == 0
+    assert cli.main([*command, "--resume_from_checkpoint", option]) == 0
     printed = capfd.readouterr().out
     if resumed_from:
         assert f"resuming from {out / resumed_from} (step {resumed_from.split('-')[1]})" in printed
+    else:
+        assert f"--resume_from_checkpoint auto: no checkpoint in {out} yet; starting at step 0" in printed
     # transformers' warning (its handler writes to the stderr of the test session: read from the log records)
     assert "missing keys" not in caplog.text  # the tied head is not stored in a checkpoint, and nothing is missing
     assert log_lines(out, log) == log_lines(straight, log)
@@ -157,11 +159,11 @@ def kill_resume_compare(command, straight: Path, out: Path, install, log: str, r
 
 # ---- eksft sft ----------------------------------------------------------------------------------------------------
 
-SFT_KILLS = {  # name: (kill point, the checkpoint the resume starts from; None: no checkpoint yet, run again)
-    "after step 1 (no checkpoint yet)": (after_log_of(1), None),
-    "after step 3": (after_log_of(3), "checkpoint-2"),
-    "in the save of checkpoint-6": (in_save_of(6), "checkpoint-4"),
-    "in the append of step 7's line": (in_append_of(7), "checkpoint-6"),
+SFT_KILLS = {  # name: (kill point, the checkpoint the resume starts from (None: none yet), --resume_from_checkpoint)
+    "after step 1 (no checkpoint yet)": (after_log_of(1), None, "auto"),
+    "after step 3": (after_log_of(3), "checkpoint-2", "auto"),
+    "in the save of checkpoint-6": (in_save_of(6), "checkpoint-4", "last"),
+    "in the append of step 7's line": (in_append_of(7), "checkpoint-6", "last"),
 }
 
 
@@ -176,10 +178,10 @@ def sft_straight(tiny_model_dir, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("kill", SFT_KILLS)
 def test_eksft_sft_killed_and_resumed_equals_the_uninterrupted_run(kill, sft_straight, tiny_model_dir, tmp_path, capfd,
                                                                    caplog, reliability):  # fmt: skip
-    install, checkpoint = SFT_KILLS[kill]
+    install, checkpoint, option = SFT_KILLS[kill]
     out = tmp_path / "out"
     printed = kill_resume_compare(sft_command(tiny_model_dir, tmp_path, out), sft_straight, out, install, SFT_LOG,
-                                  checkpoint, capfd, caplog)  # fmt: skip
+                                  checkpoint, capfd, caplog, option)  # fmt: skip
     if checkpoint is None:
         assert f"{out / SFT_LOG}: 1 line of an earlier run removed (this run starts at step 0)" in printed
     if len(SFT_KILLS) == 1 + list(SFT_KILLS).index(kill):
@@ -187,9 +189,10 @@ def test_eksft_sft_killed_and_resumed_equals_the_uninterrupted_run(kill, sft_str
             "train/sigkill-resume-logs-sft",
             "eksft sft",
             f"SIGKILL at {len(SFT_KILLS)} points of an 8-step run with checkpoints every 2 steps: "
-            f"{'; '.join(SFT_KILLS)}; then the same command with --resume_from_checkpoint last (run again as is "
-            "when no checkpoint exists yet)",
-            "a line 'resuming from checkpoint-N (step N)'; token_stats.jsonl holds steps 1-8 once each, line for "
+            f"{'; '.join(SFT_KILLS)}; then the same command with --resume_from_checkpoint auto (the first two) or "
+            "last",
+            "a line 'resuming from checkpoint-N (step N)' (auto without a checkpoint: 'starting at step 0'); "
+            "token_stats.jsonl holds steps 1-8 once each, line for "
             "line the uninterrupted run's (the steps logged after the checkpoint and a torn last line are cut before "
             "training goes on); the final model files equal byte for byte; no 'missing keys' message for the tied head",
         )

@@ -50,6 +50,8 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
         resolve_resume(str(tmp_path / "checkpoint-11"), str(tmp_path))
     with pytest.raises(UserError, match="no checkpoint in"):
         resolve_resume("true", str(tmp_path / "missing"))
+    assert resolve_resume("auto", str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    assert resolve_resume("auto", str(tmp_path / "missing")) is None  # the first start of a job: from step 0
 
 
 def test_resume_command_replaces_any_resume_option():

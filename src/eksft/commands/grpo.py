@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
               "(much slower for long completions; pip install 'eksft[vllm]')", file=sys.stderr, flush=True)  # fmt: skip
         config.use_vllm = False
 
-    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)  # before loading the model: fail fast
+    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir, config.process_index == 0)  # before loading the model: fail fast
     trainer = create_trainer(
         lambda: build_trainer(
             model_args.model_name_or_path, config, dataset, data_args.reward_funcs, processing_class=tokenizer,

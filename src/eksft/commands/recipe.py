@@ -15,6 +15,7 @@ from ..atomic import check_writable
 from ..errors import UserError
 
 RESUME_LAST = ("true", "True", "last")
+RESUME_AUTO = "auto"  # the newest complete checkpoint if there is one, else a fresh start
 FINAL_STAGING = ".final.partial"  # inside output_dir: same file system, and hidden from checkpoint globs
 
 
@@ -59,15 +60,22 @@ def _unknown_options(message: str, argv: list[str], prog: str) -> str | None:
     return f"unknown option{'s' * (len(options) > 1)} {', '.join(options)} {where}; `{prog} --help` lists the options"
 
 
-def resolve_resume(value: str | None, output_dir: str) -> str | None:
+def resolve_resume(value: str | None, output_dir: str, main_process: bool = True) -> str | None:
     """``--resume_from_checkpoint``: ``last`` / ``true`` is the newest *complete* checkpoint of ``output_dir``; a
-    path must be a complete checkpoint (a directory cut short by a crash lacks its ``trainer_state.json``)."""
+    path must be a complete checkpoint (a directory cut short by a crash lacks its ``trainer_state.json``); ``auto``
+    is ``last`` when ``output_dir`` holds a complete checkpoint and a fresh start otherwise, so that one command both
+    starts a job and restarts it after a preemption."""
     from transformers.trainer import TRAINER_STATE_NAME
 
     from ..trainer.checkpoints import last_complete_checkpoint
 
     if value is None:
         return None
+    if value == RESUME_AUTO:
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None and main_process:
+            print(f"--resume_from_checkpoint auto: no checkpoint in {output_dir} yet; starting at step 0", flush=True)
+        return checkpoint
     if value in RESUME_LAST:
         checkpoint = last_complete_checkpoint(output_dir)
         if checkpoint is None:

@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
     if config.process_index == 0:
         print(report, flush=True)
 
-    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir, config.process_index == 0)
     trainer = create_trainer(
         lambda: EKSFTTrainer(
             model_args.model_name_or_path,
