@@ -1,6 +1,6 @@
 """The reliability table: every fault the suite tries, recorded by the test that tried it, rendered as markdown.
 
-Tests call the session fixture ``reliability.record(key, surface, fault, outcome)``; ``test_zz_reliability_doc``
+Tests call the session fixture ``reliability.record(key, surface, fault, outcome)``; ``test_reliability_doc``
 then compares the rows recorded in this run with ``docs/reliability.md`` (or rewrites it with
 ``--write-reliability-doc``, which ``make reliability-doc`` passes). The doc's last section, after
 ``MUTATION_MARKER``, belongs to ``tools/mutation_check.py`` and is kept as it is. ``key`` orders the rows and ties a row to the test

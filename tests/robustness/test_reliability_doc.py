@@ -1,4 +1,5 @@
-"""docs/reliability.md is what the suite records. Named ``zz`` so that it runs after every other robustness test."""
+"""docs/reliability.md is what the suite records. Runs after every other test, whatever the order or selection
+(``pytest_collection_modifyitems`` in this folder's conftest)."""
 
 import pytest
 
