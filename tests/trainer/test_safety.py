@@ -16,11 +16,11 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl
 
 from eksft.cli import main
-from eksft.commands.recipe import FINAL_STAGING, resolve_resume, resume_command, save_final_model
+from eksft.commands.recipe import FINAL_STAGING, resume_command, save_final_model
 from eksft.errors import UserError
 from eksft.loading import load_tokenizer
 from eksft.trainer import EKSFTConfig, EKSFTTrainer
-from eksft.trainer.checkpoints import AtomicCheckpoints, last_complete_checkpoint
+from eksft.trainer.checkpoints import AtomicCheckpoints, last_complete_checkpoint, resolve_checkpoint
 from eksft.trainer.grpo_trainer import GRPOConfig
 from eksft.trainer.safety import TrainingGuard
 
@@ -44,14 +44,14 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
     assert last_complete_checkpoint(tmp_path, before=10) == str(tmp_path / "checkpoint-9")
     assert last_complete_checkpoint(tmp_path, before=9) is None
 
-    assert resolve_resume("last", str(tmp_path)) == str(tmp_path / "checkpoint-10")
-    assert resolve_resume(None, str(tmp_path)) is None
+    assert resolve_checkpoint("last", str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    assert resolve_checkpoint(None, str(tmp_path)) is None
     with pytest.raises(UserError, match="checkpoint-11 is not a complete checkpoint"):
-        resolve_resume(str(tmp_path / "checkpoint-11"), str(tmp_path))
+        resolve_checkpoint(str(tmp_path / "checkpoint-11"), str(tmp_path))
     with pytest.raises(UserError, match="no checkpoint in"):
-        resolve_resume("true", str(tmp_path / "missing"))
-    assert resolve_resume("auto", str(tmp_path)) == str(tmp_path / "checkpoint-10")
-    assert resolve_resume("auto", str(tmp_path / "missing")) is None  # the first start of a job: from step 0
+        resolve_checkpoint("true", str(tmp_path / "missing"))
+    assert resolve_checkpoint("auto", str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    assert resolve_checkpoint("auto", str(tmp_path / "missing")) is None  # the first start of a job: from step 0
 
 
 def test_resume_command_replaces_any_resume_option():

@@ -16,7 +16,8 @@ from __future__ import annotations
 import sys
 
 from ..errors import UserError
-from .recipe import create_trainer, load_policy_tokenizer, parse_recipe, resolve_resume, train_and_save
+from ..trainer.checkpoints import resolve_checkpoint
+from .recipe import create_trainer, load_policy_tokenizer, parse_recipe, train_and_save
 
 
 def parse(argv: list[str]):
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> int:
               "(much slower for long completions; pip install 'eksft[vllm]')", file=sys.stderr, flush=True)  # fmt: skip
         config.use_vllm = False
 
-    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir, config.process_index == 0)  # before loading the model: fail fast
+    resume = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, config.process_index == 0)  # before loading the model: fail fast
     trainer = create_trainer(
         lambda: build_trainer(
             model_args.model_name_or_path, config, dataset, data_args.reward_funcs, processing_class=tokenizer,

@@ -1,6 +1,7 @@
-"""What ``eksft sft`` and ``eksft grpo`` share: parsing a recipe, resolving ``--resume_from_checkpoint``, running
-the training with its three endings (finished, interrupted by a signal, stopped by NaN/inf steps), and saving the
-final model so that a run killed during that save leaves no half-written model."""
+"""What ``eksft sft`` and ``eksft grpo`` share: parsing a recipe, running the training with its three endings
+(finished, interrupted by a signal, stopped by NaN/inf steps), and saving the final model so that a run killed during
+that save leaves no half-written model. ``--resume_from_checkpoint`` is resolved by
+``eksft.trainer.checkpoints.resolve_checkpoint``, which ``Trainer.train`` uses too."""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ import sys
 from ..atomic import check_writable
 from ..errors import UserError
 
-RESUME_LAST = ("true", "True", "last")
-RESUME_AUTO = "auto"  # the newest complete checkpoint if there is one, else a fresh start
 FINAL_STAGING = ".final.partial"  # inside output_dir: same file system, and hidden from checkpoint globs
 
 
@@ -58,40 +57,6 @@ def _unknown_options(message: str, argv: list[str], prog: str) -> str | None:
     if match.group(1).startswith("Unknown"):
         where = f"in {argv[argv.index('--config') + 1]}" if "--config" in argv else "in the config file"
     return f"unknown option{'s' * (len(options) > 1)} {', '.join(options)} {where}; `{prog} --help` lists the options"
-
-
-def resolve_resume(value: str | None, output_dir: str, main_process: bool = True) -> str | None:
-    """``--resume_from_checkpoint``: ``last`` / ``true`` is the newest *complete* checkpoint of ``output_dir``; a
-    path must be a complete checkpoint (a directory cut short by a crash lacks its ``trainer_state.json``); ``auto``
-    is ``last`` when ``output_dir`` holds a complete checkpoint and a fresh start otherwise, so that one command both
-    starts a job and restarts it after a preemption."""
-    from transformers.trainer import TRAINER_STATE_NAME
-
-    from ..trainer.checkpoints import last_complete_checkpoint
-
-    if value is None:
-        return None
-    if value == RESUME_AUTO:
-        checkpoint = last_complete_checkpoint(output_dir)
-        if checkpoint is None and main_process:
-            print(f"--resume_from_checkpoint auto: no checkpoint in {output_dir} yet; starting at step 0", flush=True)
-        return checkpoint
-    if value in RESUME_LAST:
-        checkpoint = last_complete_checkpoint(output_dir)
-        if checkpoint is None:
-            raise UserError(
-                f"--resume_from_checkpoint {value}: no checkpoint in {output_dir} (only complete checkpoint-N "
-                "directories count)"
-            )
-        return checkpoint
-    if not os.path.isdir(value):
-        raise UserError(f"--resume_from_checkpoint: no checkpoint directory {value}")
-    if not os.path.isfile(os.path.join(value, TRAINER_STATE_NAME)):
-        raise UserError(
-            f"--resume_from_checkpoint: {value} is not a complete checkpoint (no {TRAINER_STATE_NAME}); use "
-            "--resume_from_checkpoint last for the newest complete one"
-        )
-    return value
 
 
 def resume_command(prog: str, argv: list[str]) -> str:

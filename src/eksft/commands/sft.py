@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from .recipe import create_trainer, load_policy_tokenizer, parse_recipe, resolve_resume, train_and_save
+from ..trainer.checkpoints import resolve_checkpoint
+from .recipe import create_trainer, load_policy_tokenizer, parse_recipe, train_and_save
 
 
 @dataclass
@@ -92,7 +93,7 @@ def main(argv: list[str]) -> int:
     if config.process_index == 0:
         print(report, flush=True)
 
-    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir, config.process_index == 0)
+    resume = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, config.process_index == 0)
     trainer = create_trainer(
         lambda: EKSFTTrainer(
             model_args.model_name_or_path,

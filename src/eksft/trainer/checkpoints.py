@@ -30,6 +30,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..atomic import replace_directory
+from ..errors import UserError
 
 EXTRA_STATE_NAME = "eksft_state.json"  # in a checkpoint, next to trainer_state.json (AtomicCheckpoints._extra_state)
 CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
@@ -53,6 +54,43 @@ def last_complete_checkpoint(folder: str | os.PathLike, before: int | None = Non
     ]
     steps = [(step, name) for step, name in steps if before is None or step < before]
     return os.path.join(folder, max(steps)[1]) if steps else None
+
+
+RESUME_LAST = (True, "true", "True", "last")  # the newest complete checkpoint; an error when there is none
+RESUME_AUTO = "auto"  # the newest complete checkpoint if there is one, else a fresh start
+
+
+def resolve_checkpoint(value, output_dir: str, announce: bool = True) -> str | None:
+    """The checkpoint that ``resume_from_checkpoint`` names, for ``Trainer.train`` and the commands alike.
+
+    None / False: none. True, ``"last"``, ``"true"``: the newest *complete* checkpoint of ``output_dir`` (a
+    ``UserError`` when there is none). ``"auto"``: the same when there is one, else None (a fresh start, said when
+    ``announce``): one command both starts a job and restarts it after a preemption. A path must be a complete
+    checkpoint (a directory cut short by a crash lacks its ``trainer_state.json``).
+    """
+    if value is None or value is False:
+        return None
+    if value == RESUME_AUTO:
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None and announce:
+            print(f"--resume_from_checkpoint auto: no checkpoint in {output_dir} yet; starting at step 0", flush=True)
+        return checkpoint
+    if value in RESUME_LAST:
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            raise UserError(
+                f"--resume_from_checkpoint {value}: no checkpoint in {output_dir} (only complete checkpoint-N "
+                "directories count)"
+            )
+        return checkpoint
+    if not os.path.isdir(value):
+        raise UserError(f"--resume_from_checkpoint: no checkpoint directory {value}")
+    if not os.path.isfile(os.path.join(value, TRAINER_STATE_NAME)):
+        raise UserError(
+            f"--resume_from_checkpoint: {value} is not a complete checkpoint (no {TRAINER_STATE_NAME}); use "
+            "--resume_from_checkpoint last for the newest complete one"
+        )
+    return value
 
 
 def _fsync(path: str) -> None:

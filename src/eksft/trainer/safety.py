@@ -46,7 +46,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..errors import UserError
 from . import step_log
-from .checkpoints import AtomicCheckpoints, last_complete_checkpoint
+from .checkpoints import AtomicCheckpoints, last_complete_checkpoint, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -249,13 +249,13 @@ class SafeTraining(AtomicCheckpoints):
         self.add_callback(self.guard)
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        if resume_from_checkpoint is True:  # the Trainer's get_last_checkpoint would also pick a half-written one
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}")
+        # True / "last" / "auto" pick only complete checkpoints (the Trainer's get_last_checkpoint would also pick a
+        # half-written one); a path must be complete
+        resume_from_checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir,
+                                                    self.is_world_process_zero())  # fmt: skip
         if resume_from_checkpoint:
             self._restore_extra_state(resume_from_checkpoint)
-        self._start_step_log(resume_from_checkpoint or None)
+        self._start_step_log(resume_from_checkpoint)
         self.guard.reset()
         with stop_on_signals(self.guard.request_stop):
             output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
