@@ -137,7 +137,9 @@ def test_token_stats_match(case, dtype, backend):
         assert value.dtype == dtype and value.shape == expected.valid.shape, field
         assert_close(value, getattr(expected, field), TOL[dtype], field)
         assert bool((value[~actual.valid] == 0).all()), f"{field} is not exactly 0 at invalid positions"
-    assert actual.ref_logp.grad_fn is None and actual.top_k_entropy.grad_fn is None
+    for stats in (expected, actual):  # constants in both paths (eksft.stats.TokenStats): no gradient through them
+        assert stats.ref_logp.grad_fn is None and stats.top_k_entropy.grad_fn is None
+        assert not stats.ref_logp.requires_grad and not stats.top_k_entropy.requires_grad
 
 
 def set_targets_to_the_argmax(problem: Problem) -> torch.Tensor:
@@ -291,6 +293,34 @@ def test_non_finite_hidden_state_raises_at_a_trained_position_only(backend, wher
         else:
             stats = run(True)
             assert all(bool(torch.isfinite(getattr(stats, f)).all()) for f in ("logp", "entropy", "kl")), position
+
+
+# policy case, the reference head's own (logit_scale, softcap): a reference from another model sharing the vocabulary
+REFERENCE_TRANSFORMS = {
+    "policy_scaled_and_capped": ("scale_softcap_bias", 1.6, 3.0),
+    "policy_plain_reference_capped": ("odd", 1.3, 2.0),
+}
+
+
+@pytest.mark.parametrize("transforms", list(REFERENCE_TRANSFORMS))
+@pytest.mark.parametrize(("dtype", "backend"), PATHS)
+def test_reference_head_with_its_own_scale_and_softcap(transforms, dtype, backend):
+    """The reference's logits are ``softcap_ref(scale_ref * (h_ref @ W_ref.T + b_ref))`` with the reference head's own
+    scale and cap, not the policy's: KL, ref_logp and the KL's gradient against the materialised oracle."""
+    case, ref_scale, ref_softcap = REFERENCE_TRANSFORMS[transforms]
+    problem = Problem(case, dtype)
+    hidden = problem.hidden()
+    z_ref = torch.nn.functional.linear(problem.ref_hidden, problem.ref_weight, problem.ref_bias) * ref_scale
+    ref_logits = ref_softcap * torch.tanh(z_ref / ref_softcap)
+    ref_head = LMHead(problem.ref_weight, problem.ref_bias, ref_scale, ref_softcap)
+    expected = token_stats(problem.logits(hidden, problem.weight, problem.bias), problem.labels, ref_logits)
+    actual = chunked_token_stats(hidden, problem.labels, problem.head(), problem.ref_hidden, ref_head, backend=backend)
+    for field in ("kl", "ref_logp", "logp", "entropy"):
+        assert_close(getattr(actual, field), getattr(expected, field), TOL[dtype], field)
+    leaves = [problem.weight, *([problem.bias] if problem.bias is not None else [])]
+    grads = [torch.autograd.grad(stats.kl.sum(), leaves) for stats in (expected, actual)]
+    for name, e, a in zip(("weight", "bias"), *grads, strict=False):
+        assert_close(a, e, TOL[dtype], f"grad of kl wrt {name}")
 
 
 def test_reference_equal_to_policy_gives_exactly_zero_kl():

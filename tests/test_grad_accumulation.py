@@ -67,3 +67,30 @@ def test_mean_normalization_weights_micro_batches_equally():
     full = objective_loss("nll", logits, labels, ref).loss.item()
     halves = [objective_loss("nll", logits[r], labels[r], ref[r]).loss.item() for r in (slice(0, 1), slice(1, 4))]
     assert sum(halves) / 2 != pytest.approx(full, abs=1e-6)
+
+
+def test_evaluation_loss_does_not_depend_on_gradient_accumulation(tiny_model_dir, tmp_path):
+    """normalization="mean": in training each micro-batch's loss is divided by the accumulated micro-batches (its
+    share of the step); the evaluation loss is a plain mean, the same whatever gradient_accumulation_steps is."""
+    from datasets import Dataset
+
+    from eksft.trainer import EKSFTConfig, EKSFTTrainer
+
+    rows = [
+        [{"role": "user", "content": f"What is {i} + {2 * i + 1}?"}, {"role": "assistant", "content": f"{3 * i + 1}."}]
+        for i in range(4)
+    ]
+    data = Dataset.from_list([{"messages": messages} for messages in rows])
+    eval_losses = []
+    for accumulation in (1, 2):
+        args = EKSFTConfig(
+            output_dir=str(tmp_path / f"accumulation-{accumulation}"), loss_type="nll", normalization="mean",
+            gradient_accumulation_steps=accumulation, per_device_train_batch_size=1, per_device_eval_batch_size=2,
+            max_steps=1, learning_rate=0.0, use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none",
+            save_strategy="no", disable_tqdm=True, max_length=64, seed=0,
+        )  # fmt: skip
+        trainer = EKSFTTrainer(tiny_model_dir, args=args, train_dataset=data, eval_dataset=data)
+        trainer.train()  # learning_rate 0: both evaluate the same weights
+        eval_losses.append(trainer.evaluate()["eval_loss"])
+    assert eval_losses[0] > 0
+    assert eval_losses[1] == pytest.approx(eval_losses[0], rel=1e-6)

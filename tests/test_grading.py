@@ -96,6 +96,9 @@ CASES = [
     (r"hence $\boxed 5$.", "5", True),
     (r"\fbox{12}", "12", True),
     (r"\boxed{\{1,2\}}", r"\{1, 2\}", True),  # escaped braces inside the box
+    # intervals against a relation: the gold is the reference (verify is not symmetric, see eksft.grading)
+    (r"\boxed{(1, 2]}", r"1 < x \le 2", True),
+    (r"\boxed{1 < x \le 2}", r"(1, 2]", False),  # an interval-looking gold may be an ordered pair
     # garbage, empty, no box
     ("", "3", False),
     ("The answer is 3.", "3", False),  # no box: not graded as an answer
@@ -141,6 +144,12 @@ def test_grade_batch_matches_the_table_in_order() -> None:
         (r"$\boxed -3$", "-3"),
         (r"\fbox{7}", "7"),
         (r"\boxed{\left\{1,2\right\}}", r"\left\{1,2\right\}"),
+        # a piecewise function: \left\{ ... \right. holds an escaped brace that is never closed
+        (
+            r"so $f(x) = \boxed{\left\{ \begin{array}{ll} x & x > 0 \\ 0 & x \le 0 \end{array} \right.}$.",
+            r"\left\{ \begin{array}{ll} x & x > 0 \\ 0 & x \le 0 \end{array} \right.",
+        ),
+        (r"\boxed{\}} or \boxed{\{}", r"\{"),  # one escaped brace alone in a box
         (r"\boxed{\begin{pmatrix} 1 \\ 2 \end{pmatrix}}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"),
         (r"\boxed{2} then \boxed{3", "2"),
         (r"<think>\boxed{1}</think> so \boxed{2}", "2"),

@@ -71,3 +71,13 @@ def test_pass_at_k_table_is_the_mean_over_problems() -> None:
         pass_at_k_table({"p1": [True] * 8, "p2": [True] * 4}, [8])
     with pytest.raises(ValueError):
         pass_at_k_table({}, [1])
+
+
+def test_pass_at_k_table_uses_each_problem_own_sample_count() -> None:
+    # 16 and 6 samples per problem, k up to 4: pass@4 picks 4 of each problem's own samples (n = 16, n = 6)
+    correct = {"p1": [True] * 2 + [False] * 14, "p2": [False] * 8 + [True] * 8, "p3": [False] * 5 + [True]}
+    table = pass_at_k_table(correct, [1, 4])
+    assert _brute_force(16, 2, 4) == pytest.approx(1 - 1001 / 1820)  # 1 - C(14, 4) / C(16, 4)
+    expected = (_brute_force(16, 2, 4) + _brute_force(16, 8, 4) + _brute_force(6, 1, 4)) / 3
+    assert table["pass@4"] == pytest.approx(expected, abs=1e-12)
+    assert table["pass@1"] == pytest.approx((2 / 16 + 8 / 16 + 1 / 6) / 3, abs=1e-12)

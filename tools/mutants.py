@@ -104,7 +104,8 @@ MUTANTS: list[Mutant] = [
            "        if self.model.training:\n            loss = loss / self.current_gradient_accumulation_steps\n",
            "        loss = loss / self.current_gradient_accumulation_steps\n",
            "normalization='mean': the evaluation loss divided by the accumulation steps too",
-           ("tests/trainer/test_sft_dropin.py::test_evaluate_gives_the_same_eval_loss_accuracy_and_entropy",)),
+           ("tests/test_grad_accumulation.py::test_evaluation_loss_does_not_depend_on_gradient_accumulation",
+            "tests/trainer/test_sft_dropin.py::test_evaluate_gives_the_same_eval_loss_accuracy_and_entropy")),
     # ---- token statistics from full logits (src/eksft/stats.py) ----
     Mutant("stats-labels-not-shifted", STATS,
            "    targets = labels[:, 1:]  # [B, T-1]", "    targets = labels[:, :-1]  # [B, T-1]",
