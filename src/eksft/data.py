@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .files import parse_jsonl
 
 LAYOUTS = ("messages", "sharegpt", "prompt_completion", "alpaca", "openr1")
 BAD_ROWS = ("error", "drop")
@@ -121,36 +122,23 @@ def _read_with_datasets(path: str, **kwargs) -> list[dict]:
         ) from err
 
 
-def _utf8(path: Path) -> str:
-    """The file's text; bytes that are not UTF-8 are an error naming the line and the byte."""
+def read_json(path: Path) -> list[dict]:
+    """A JSON array of objects, or JSON Lines (one object per line); errors name ``file:line``."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         raise UserError(
             f"{path}: line {line} is not UTF-8 (byte {data[err.start]:#04x} at offset {err.start}); "
             "save the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
         ) from None
-
-
-def read_json(path: Path) -> list[dict]:
-    """A JSON array of objects, or JSON Lines (one object per line); errors name ``file:line``."""
-    text = _utf8(path)
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}; fix the file there") from None
-    else:
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: invalid JSON line: {err.msg} (column {err.colno}); fix or delete that line") from None
+    if not text.lstrip().startswith("["):
+        return [row for _, row in parse_jsonl(data, path)]
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}; fix the file there") from None
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
             raise UserError(f"{path}: row {index + 1} is a {type(row).__name__}, expected a JSON object")

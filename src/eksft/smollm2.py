@@ -24,9 +24,9 @@ import shutil
 import time
 from pathlib import Path
 
-from .atomic import fresh_sibling, replace_directory
 from .cache import cache_root
 from .errors import UserError
+from .files import fresh_sibling, replace_directory
 
 __all__ = ["GGUF_FILE", "INSTALL", "ensure_smollm2", "gguf_path", "smollm2_cache_dir", "write_smollm2"]
 

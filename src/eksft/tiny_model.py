@@ -22,10 +22,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-from .atomic import fresh_sibling, replace_directory
 from .demo.tokenizer import IM_END, build_tokenizer
 from .demo.world import pretraining_corpus
 from .errors import UserError
+from .files import fresh_sibling, replace_directory
 
 METADATA_FILE = "eksft_tiny_model.json"
 

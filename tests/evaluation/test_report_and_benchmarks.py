@@ -117,9 +117,10 @@ def test_missing_field_names_the_field_file_and_line(tmp_path):
 
 @pytest.mark.parametrize(
     "content, match",
-    [("", "holds no rows"), ('{"problem": "a", "answer": "1"}\n{"problem": \n', r"bad.jsonl:2: invalid JSON"),
+    [("", "holds no rows"),
+     ('{"problem": "a", "answer": "1"}\n{"problem": \n', r"bad.jsonl:2: not a JSON object \(invalid JSON"),
      ('{"problem": 5, "answer": "1"}\n', "must be a string"), ('{"problem": "a", "answer": " "}\n', "is empty"),
-     ('{"problem": "a", "answer": "1"}\n{"problem": "\udcff"}\n', r"bad.jsonl:2: this line is not UTF-8")],
+     ('{"problem": "a", "answer": "1"}\n{"problem": "\udcff"}\n', r"bad.jsonl:2: not a JSON object \(not UTF-8 text\)")],
 )  # fmt: skip
 def test_bad_files(tmp_path, content, match):
     path = tmp_path / "bad.jsonl"

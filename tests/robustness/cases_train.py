@@ -89,7 +89,7 @@ CASES = [
     CliCase("input/sft-huge-line", "a 5 MB line of garbage in the data",
             lambda w, m: sft(w, m, jsonl(w, [GOOD_LINE, "x" * 5_000_000])), ("<tmp>/data.jsonl:2", "invalid JSON")),
     CliCase("input/sft-row-not-object", "a JSONL line holds a list, not an object",
-            lambda w, m: sft(w, m, jsonl(w, [GOOD_LINE, "[1, 2]"])), ("<tmp>/data.jsonl", "row 2", "list")),
+            lambda w, m: sft(w, m, jsonl(w, [GOOD_LINE, "[1, 2]"])), ("<tmp>/data.jsonl:2", "a JSON list, not an object")),
     CliCase("input/sft-missing-field", "a row has no 'messages' field (the layout of the first row)",
             lambda w, m: sft(w, m, jsonl(w, [GOOD_LINE, json.dumps({"text": "hello"})])),
             ("<tmp>/data.jsonl", "row 2", "'messages'")),

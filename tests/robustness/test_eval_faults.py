@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from eksft import cli
+from eksft import files as eksft_files
 from eksft.errors import UserError
-from eksft.evaluation import runner
 from eksft.evaluation.benchmarks import Benchmark, BenchmarkSpec, Problem
 from eksft.evaluation.runner import EvalSettings, evaluate, scan_samples
 
@@ -104,8 +104,8 @@ def _mid_write(nth: int, keep, ready) -> None:
         real(fd, data[: keep(data)])
         _pause(ready)
 
-    real = runner._write_all
-    runner._write_all = _count_calls(real, nth, before=torn)
+    real = eksft_files.write_all
+    eksft_files.write_all = _count_calls(real, nth, before=torn)
 
 
 def _half_first_line(data: bytes) -> int:
@@ -264,7 +264,7 @@ def test_disk_full_mid_batch_keeps_whole_batches_and_resumes(tiny, tmp_path, mon
         os.write(fd, data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(runner, "_write_all", _count_calls(runner._write_all, 2, before=full_disk))
+    monkeypatch.setattr(eksft_files, "write_all", _count_calls(eksft_files.write_all, 2, before=full_disk))
     out = tmp_path / "out"
     with pytest.raises(UserError, match=r"cannot append to .*alpha/samples.jsonl: No space left on device; the samples "
                                         r"before this batch are kept"):  # fmt: skip

@@ -160,7 +160,7 @@ def test_max_rows_after_a_seeded_shuffle_keeps_source_row_numbers(tmp_path, toke
 def test_malformed_jsonl_line_names_file_and_line(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"messages": []}\n{"messages": [}\n')
-    with pytest.raises(UserError, match=r"d\.jsonl:2: invalid JSON line"):
+    with pytest.raises(UserError, match=r"d\.jsonl:2: not a JSON object \(invalid JSON"):
         read_json(path)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -48,17 +47,12 @@ _TITLES = {
 
 def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
     """Write ``figure`` as a PNG at ``path`` atomically (temporary sibling + rename); returns the path."""
+    from ..files import atomic_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # not mkstemp: its files are private (0600) and a plot should get the usual umask permissions
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as handle:
-            figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
     return path
 
 

@@ -11,21 +11,18 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import warnings
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import read_jsonl
 
 __all__ = [
     "SET_METRICS",
     "TOKEN_STATS_FILE",
     "TRAINING_METRICS",
     "metric_series",
-    "numbered_jsonl",
-    "read_jsonl",
     "read_token_stats",
     "set_summary",
     "token_stats_path",
@@ -51,54 +48,11 @@ def token_stats_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def _json_object(line: bytes) -> tuple[dict | None, str | None]:
-    """``(object, None)`` for a line holding a JSON object, else ``(None, what is wrong)``."""
-    try:
-        record = json.loads(line)  # bytes: decoded as UTF-8
-    except UnicodeDecodeError:
-        return None, "not UTF-8 text"
-    except json.JSONDecodeError as err:
-        return None, f"invalid JSON: {err.msg} (column {err.colno})"
-    if not isinstance(record, dict):
-        return None, f"a JSON {type(record).__name__}, not an object"
-    return record, None
-
-
-def numbered_jsonl(path: str | os.PathLike, *, torn_tail_ok: bool = True) -> list[tuple[int, dict]]:
-    """``(line number, object)`` for each non-blank line of a JSONL file, in order, read-only.
-
-    A line that is not a JSON object is a UserError naming the file and the line, except, with ``torn_tail_ok``, a
-    last line: a log that an interrupted writer cut off, skipped with a warning. Inputs a person wrote (held-out
-    texts) are read with ``torn_tail_ok=False``: nothing was interrupted there, so a bad last line is an error too.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
-    numbered = [(n, line) for n, line in enumerate(data.split(b"\n"), start=1) if line.strip()]
-    records = []
-    for position, (lineno, line) in enumerate(numbered):
-        record, error = _json_object(line)
-        if error is None:
-            records.append((lineno, record))
-        elif torn_tail_ok and position == len(numbered) - 1:
-            warnings.warn(f"{path}:{lineno}: skipping an unfinished last line (an interrupted run?): {error}",
-                          stacklevel=3)  # fmt: skip
-        else:
-            raise UserError(f"{path}:{lineno}: not a JSON object ({error}); fix or delete that line")
-    return records
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The JSON objects of a JSONL file, in order, tolerant of an interrupted writer (see :func:`numbered_jsonl`)."""
-    return [record for _, record in numbered_jsonl(path)]
-
-
 def read_token_stats(path: str | os.PathLike) -> list[dict]:
-    """The records of a ``token_stats.jsonl`` (or of the run directory holding it), in file order (see
-    :func:`read_jsonl` for how an unfinished last line and malformed lines are handled)."""
-    return read_jsonl(token_stats_path(path))
+    """The records of a ``token_stats.jsonl`` (or of the run directory holding it), in file order; an unfinished last
+    line (a run killed while it logged) is skipped with a warning, any other malformed line is an error
+    (``eksft.files.read_jsonl``)."""
+    return [record for _, record in read_jsonl(token_stats_path(path), torn_tail_ok=True)]
 
 
 def _normalise(record: dict) -> dict:

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
 import warnings
 from pathlib import Path
 
-from ..atomic import fresh_sibling, replace_directory
 from ..errors import UserError
+from ..files import fresh_sibling, json_safe, replace_directory
 
 JSON_FILE, MARKDOWN_FILE = "analysis.json", "analysis.md"
 PLOT_FILES = {
@@ -104,7 +103,7 @@ def _unique_labels(specs: list[tuple[str | None, Path]], option: str) -> list[tu
 def _check_output_dir(path: Path, overwrite: bool) -> None:
     """OUTPUT_DIR must be new, empty, or (with --overwrite) an earlier analysis: --overwrite replaces the directory
     whole, so a directory of other files (a typo'd path, a home directory) is never taken."""
-    from ..atomic import check_writable
+    from ..files import check_writable
 
     if path.is_symlink() and not path.exists():
         raise UserError(f"--output-dir {path} is a broken symbolic link; choose another --output-dir")
@@ -187,12 +186,12 @@ def _text_of(record: dict, field: str | None, tokenizer, where: str) -> str:
 
 
 def _read_texts(path: Path, field: str | None, tokenizer) -> list[str]:
-    from ..analysis.token_sets import numbered_jsonl
+    from ..files import read_jsonl
 
     if not path.is_file():
         raise UserError(f"--texts {path}: no such file")
     texts = [_text_of(record, field, tokenizer, f"{path}:{lineno}")
-             for lineno, record in numbered_jsonl(path, torn_tail_ok=False)]  # fmt: skip
+             for lineno, record in read_jsonl(path)]  # fmt: skip
     if not texts:
         raise UserError(f"--texts {path} holds no texts; give one JSON object per line with 'text' or 'messages'")
     return texts
@@ -238,17 +237,6 @@ def _read_eval_dir(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 # ---- writing ----------------------------------------------------------------------------------------------------------
-
-
-def _finite_json(value):
-    """JSON-safe: non-finite floats become null (JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_json(v) for v in value]
-    return value
 
 
 def render_markdown(result: dict) -> str:
@@ -457,7 +445,7 @@ def main(argv: list[str]) -> int:
     # 3. write everything into a hidden sibling, then rename it into place
     def write(directory: Path) -> None:
         _draw_plots(directory, result, drift_reports, token_arrays, run_records, eval_curves)
-        (directory / JSON_FILE).write_text(json.dumps(_finite_json(result), indent=2) + "\n", encoding="utf-8")
+        (directory / JSON_FILE).write_text(json.dumps(json_safe(result), indent=2) + "\n", encoding="utf-8")
         (directory / MARKDOWN_FILE).write_text(render_markdown(result), encoding="utf-8")
 
     _write_into_place(output_dir, args.overwrite, write)

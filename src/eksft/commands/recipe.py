@@ -12,8 +12,8 @@ import shlex
 import shutil
 import sys
 
-from ..atomic import check_writable
 from ..errors import UserError
+from ..files import check_writable
 
 FINAL_STAGING = ".final.partial"  # inside output_dir: same file system, and hidden from checkpoint globs
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
 import secrets
@@ -616,7 +615,8 @@ def run_demo(
     from ..analysis.drift import parameter_drift
     from ..analysis.shift import distribution_shift, load_model
     from ..analysis.token_sets import read_token_stats, set_summary
-    from ..atomic import write_text_atomic as write_atomic
+    from ..files import json_safe
+    from ..files import write_text_atomic as write_atomic
     from . import report as report_module
 
     if isinstance(profile, str):
@@ -746,7 +746,7 @@ def run_demo(
         plots = report_module.make_plots(results, output_dir, token_values)
         results["plots"] = plots
         results["timings"]["total"] = round(time.monotonic() - started, 1)
-        write_atomic(output_dir / RESULTS_FILE, json.dumps(_json_safe(results), indent=2) + "\n")
+        write_atomic(output_dir / RESULTS_FILE, json.dumps(json_safe(results), indent=2) + "\n")
         write_atomic(output_dir / REPORT_FILE, report_module.render_report(results))
         bar.end()
     finally:
@@ -759,11 +759,11 @@ def rl_reward_summary(log: Path) -> dict | None:
     """Mean accuracy reward of the first and the last quarter of the logged GRPO steps (None without a log).
 
     A quarter rather than a single step: each step sees only a few prompts, so one step's reward is noisy."""
-    from ..analysis.token_sets import read_jsonl
+    from ..files import read_jsonl
 
     if not log.is_file():
         return None
-    rewards = [r["rewards/accuracy_reward/mean"] for r in read_jsonl(log)
+    rewards = [r["rewards/accuracy_reward/mean"] for _, r in read_jsonl(log, torn_tail_ok=True)
                if isinstance(r.get("rewards/accuracy_reward/mean"), (int, float))]  # fmt: skip
     if not rewards:
         return None
@@ -775,14 +775,3 @@ def _tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
-
-
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-

@@ -53,7 +53,6 @@ from .pipeline import (
     _duration,
     _finish,
     _is_model_dir,
-    _json_safe,
     _quiet_libraries,
     _quiet_trainer,
     _staging,
@@ -304,9 +303,9 @@ def _plan(profile: RealProfile, build_base: bool) -> list[tuple[str, float]]:
 
 
 def _write_json(path: Path, value) -> None:
-    from ..atomic import write_text_atomic
+    from ..files import json_safe, write_text_atomic
 
-    write_text_atomic(path, json.dumps(_json_safe(value), indent=2) + "\n")
+    write_text_atomic(path, json.dumps(json_safe(value), indent=2) + "\n")
 
 
 def _read_json(path: Path):
@@ -382,7 +381,7 @@ def run_real_demo(
         results["plots"] = real_report.make_plots(results, output_dir)
         results["timings"]["total"] = round(time.monotonic() - started, 1)
         _write_json(output_dir / RESULTS_FILE, results)
-        from ..atomic import write_text_atomic
+        from ..files import write_text_atomic
 
         write_text_atomic(output_dir / REPORT_FILE, real_report.render_report(results))
         bar.end()

@@ -463,7 +463,8 @@ def make_plots(results: Mapping, output_dir: str | Path, token_values: Mapping |
     Training curves, drift and histograms show the first seed; pass@k curves are means over seeds.
     """
     from ..analysis import plots
-    from ..analysis.token_sets import read_jsonl, read_token_stats
+    from ..analysis.token_sets import read_token_stats
+    from ..files import read_jsonl
 
     output_dir = Path(output_dir)
     seed = results["seeds"][0]
@@ -483,7 +484,7 @@ def make_plots(results: Mapping, output_dir: str | Path, token_values: Mapping |
     for m in first:
         log = Path(m["path"]) / "grpo_log.jsonl"
         if m["stage"] == "rl" and log.is_file():
-            rl_runs[m["objective"]] = [{RL_METRICS.get(k, k): v for k, v in r.items()} for r in read_jsonl(log)]
+            rl_runs[m["objective"]] = [{RL_METRICS.get(k, k): v for k, v in r.items()} for _, r in read_jsonl(log, torn_tail_ok=True)]
     if rl_runs:
         plots.plot_training_curves(
             rl_runs, output_dir / "rl_training_curves.png",

@@ -19,12 +19,12 @@ contest states it. Each problem's id is its row number in the source, which is w
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import read_jsonl
 
 __all__ = ["BENCHMARKS", "LOCAL_SUFFIXES", "Benchmark", "BenchmarkSpec", "Problem", "load_benchmark", "read_hub_rows"]
 
@@ -97,22 +97,7 @@ def resolve(name: str, problem_field: str | None = None, answer_field: str | Non
 def _read_local(path: Path) -> list[tuple[str, dict]]:
     """Rows of a local file, each with where it is (``file:line`` for JSON Lines, ``file row N`` otherwise)."""
     if path.suffix.lower() == ".jsonl":
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise UserError(f"benchmark file {path}: cannot read it ({err.strerror or err})") from None
-        rows = []
-        for lineno, line in enumerate(data.split(b"\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{path}:{lineno}", json.loads(line.decode("utf-8"))))
-            except UnicodeDecodeError:
-                raise UserError(f"{path}:{lineno}: this line is not UTF-8 text; save the file as UTF-8") from None
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: invalid JSON line: {err.msg} (column {err.colno}); fix or delete "
-                                "that line") from None  # fmt: skip
-        return rows
+        return [(f"{path}:{lineno}", row) for lineno, row in read_jsonl(path)]
     from ..data import read_rows
 
     return [(f"{path} row {i}", row) for i, row in enumerate(read_rows(str(path)))]

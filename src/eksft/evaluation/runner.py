@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..atomic import check_writable, write_text_atomic
 from ..errors import UserError
+from ..files import append_jsonl_fd, check_writable, jsonl_lines, parse_object, write_text_atomic
 from ..grading import extract_answer, grade_batch
 from .benchmarks import Benchmark
 from .metrics import pass_at_k_table
@@ -124,10 +124,8 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _check_record(record, where: str) -> dict:
+def _check_record(record: dict, where: str) -> dict:
     """The record without its text, after checking the fields a resume and the metrics rely on."""
-    if not isinstance(record, dict):
-        raise UserError(f"{where}: not a sample record (a JSON {type(record).__name__}); {_DAMAGED}")
     for name, kind in (("problem_id", "an integer >= 0"), ("sample", "an integer >= 0"), ("correct", "true or false")):
         if name not in record:
             raise UserError(f"{where}: the record has no field {name!r}; {_DAMAGED}")
@@ -138,14 +136,11 @@ def _check_record(record, where: str) -> dict:
     return {key: value for key, value in record.items() if key != "text"}
 
 
-def _parse_line(line: bytes, where: str):
-    try:
-        return json.loads(line)
-    except UnicodeDecodeError:
-        raise UserError(f"{where}: not a sample record (not UTF-8 text); {_DAMAGED}") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{where}: not a sample record (invalid JSON: {err.msg}, column {err.colno}); "
-                        f"{_DAMAGED}") from None  # fmt: skip
+def _parse_line(line: bytes, where: str) -> dict:
+    record, error = parse_object(line)
+    if error is not None:
+        raise UserError(f"{where}: not a sample record ({error}); {_DAMAGED}")
+    return record
 
 
 def scan_samples(path: Path) -> SampleScan:
@@ -162,9 +157,7 @@ def scan_samples(path: Path) -> SampleScan:
         raise UserError(f"{path}: cannot read it ({err.strerror or err}); check its permissions") from None
     end = data.rfind(b"\n") + 1
     records, seen = [], {}
-    for lineno, line in enumerate(data[:end].split(b"\n")[:-1], start=1):
-        if not line.strip():
-            continue
+    for lineno, line in jsonl_lines(data[:end]):
         where = f"{path}:{lineno}"
         record = _check_record(_parse_line(line, where), where)
         key = (record["problem_id"], record["sample"])
@@ -279,26 +272,13 @@ def _locked(directory: Path, wait: bool) -> Iterator[None]:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _append(fd: int, path: Path, records: list[dict]) -> None:
-    """Append whole lines and push them to disk; on failure (disk full, Ctrl-C) cut the file back to where it was,
-    so that it holds whole batches. A kill cannot be caught: the reader drops its torn last line instead."""
-    start = os.lseek(fd, 0, os.SEEK_END)
-    data = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
+    """Append whole lines and push them to disk; a failure (disk full) leaves the file as it was (whole batches)."""
     try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    except BaseException as err:
-        os.ftruncate(fd, start)
-        if isinstance(err, OSError):
-            raise UserError(f"cannot append to {path}: {err.strerror or err}; the samples before this batch are kept: "
-                            "make room and rerun the same command to resume") from None  # fmt: skip
-        raise
+        append_jsonl_fd(fd, records)
+    except OSError as err:
+        raise UserError(f"cannot append to {path}: {err.strerror or err}; the samples before this batch are kept: "
+                        "make room and rerun the same command to resume") from None  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -29,8 +29,8 @@ from pathlib import Path
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from ..atomic import replace_directory
 from ..errors import UserError
+from ..files import replace_directory
 
 EXTRA_STATE_NAME = "eksft_state.json"  # in a checkpoint, next to trainer_state.json (AtomicCheckpoints._extra_state)
 CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
@@ -110,7 +110,7 @@ def _fsync_tree(root: str) -> None:
 
 def publish_checkpoint(staged: str, final: str) -> None:
     """Make the finished ``staged`` checkpoint visible as ``final`` in one rename (an older ``final``, left by a run
-    that went further before being resumed from an earlier step, is moved aside first: ``eksft.atomic``)."""
+    that went further before being resumed from an earlier step, is moved aside first: ``eksft.files``)."""
     _fsync_tree(staged)
     replace_directory(Path(staged), Path(final))
     os.rmdir(os.path.dirname(staged))  # the now empty .checkpoint-N.partial

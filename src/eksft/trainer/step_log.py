@@ -11,20 +11,16 @@ during the cut leaves the old file or the new one.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from ..atomic import write_text_atomic
+from ..files import append_jsonl, atomic_file, jsonl_lines, parse_object
 
 
 def _step(line: bytes) -> int | float | None:
     """The ``step`` of a log line; None for a line that is not a JSON object with a numeric step."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    step = record.get("step") if isinstance(record, dict) else None
+    record, _ = parse_object(line)
+    step = record.get("step") if record is not None else None
     return step if isinstance(step, (int, float)) and not isinstance(step, bool) else None
 
 
@@ -38,7 +34,7 @@ def cut_back(path: str | os.PathLike, step: int) -> int:
     path = Path(path)
     if not path.is_file():
         return 0
-    lines = [line for line in path.read_bytes().split(b"\n") if line.strip()]
+    lines = [line for _, line in jsonl_lines(path.read_bytes())]
     kept = []
     for number, line in enumerate(lines):
         line_step = _step(line)
@@ -51,13 +47,11 @@ def cut_back(path: str | os.PathLike, step: int) -> int:
     if not kept:
         path.unlink()
     elif removed:
-        write_text_atomic(path, b"".join(line + b"\n" for line in kept).decode("utf-8"))
+        with atomic_file(path, "wb") as handle:
+            handle.write(b"".join(line + b"\n" for line in kept))
     return removed
 
 
 def append(path: str | os.PathLike, record: dict) -> None:
-    """One JSON line at the end of ``path`` (created with its directory)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+    """One JSON line at the end of ``path`` (created with its directory), fsynced."""
+    append_jsonl(path, [record])
