@@ -41,6 +41,7 @@ def _table_module():
     """tests/robustness/table.py, which owns docs/reliability.md up to the marker of this script's section."""
     spec = importlib.util.spec_from_file_location("reliability_table", ROOT / "tests" / "robustness" / "table.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
