@@ -173,7 +173,7 @@ def test_bad_options_exit_2_with_one_message_and_write_nothing(tiny_model, data_
     "content, message",
     [
         (None, "dataset file not found"),
-        ('{"messages": [}\n', "data.jsonl:1: invalid JSON line"),
+        ('{"messages": [}\n', "data.jsonl:1: not a JSON object (invalid JSON"),
         (
             json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]}) + "\n",
             "row 1: unknown role 'bot' in conversations[1]",
