@@ -68,8 +68,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen3C
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from trl.trainer.utils import add_fused_lm_head
 
-from eksft.chunked import chunked_token_stats, hidden_states, lm_head_of
+from eksft.chunked import chunked_token_stats
 from eksft.demo.real_data import general_conversations, math_solutions
+from eksft.heads import hidden_states, lm_head_of
 from eksft.objectives import compute_objective
 from eksft.stats import IGNORE_INDEX, token_stats
 

@@ -15,11 +15,15 @@ import pytest
 import torch
 
 import eksft.chunked as chunked
-from eksft.chunked import LMHead, chunked_token_stats, hidden_states, lm_head_of
+from eksft.chunked import chunked_token_stats
+from eksft.heads import LMHead, hidden_states, lm_head_of
 from eksft.objectives import OBJECTIVES, ObjectiveParams, compute_objective
 from eksft.stats import IGNORE_INDEX, token_stats
 
 TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
+# tiles of 16 tokens x 32 vocabulary entries for backend="torch" (small_tiles shrinks TRL's kernels alike): many
+# tiles on tiny shapes
+TILES = dict(token_tile=16, vocab_tile=32)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,12 +37,10 @@ def one_thread():
 
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
-    """Tiles of 16 tokens x 32 vocabulary entries (and the same for TRL's kernels): many tiles on tiny shapes."""
+    """TRL's kernels in tiles of 16 tokens x 32 vocabulary entries, like TILES: many tiles on tiny shapes."""
     import trl.kernels.chunked_divergence as trl_divergence
     import trl.kernels.chunked_logprob as trl_logprob
 
-    monkeypatch.setattr(chunked, "TOKEN_TILE", 16)
-    monkeypatch.setattr(chunked, "VOCAB_TILE", 32)
     monkeypatch.setattr(chunked, "TRL_VOCAB_CHUNK", 32)
     monkeypatch.setattr(trl_logprob, "TOKEN_CHUNK_SIZE", 16)
     monkeypatch.setattr(trl_divergence, "TOKEN_CHUNK_SIZE", 16)
@@ -115,7 +117,7 @@ class Problem:
         else:
             ref_hidden, ref_head = (self.ref_hidden, self.ref_head()) if with_ref else (None, None)
             stats = chunked_token_stats(
-                hidden, self.labels, self.head(), ref_hidden, ref_head, top_k_entropy=top_k, backend=backend
+                hidden, self.labels, self.head(), ref_hidden, ref_head, top_k_entropy=top_k, backend=backend, **TILES
             )
         return stats, hidden
 
@@ -157,7 +159,7 @@ def set_targets_to_the_argmax(problem: Problem) -> torch.Tensor:
     best_other = logits.scatter(-1, index, -math.inf).amax(-1)
     margin = (logits.gather(-1, index).squeeze(-1) - best_other).abs()
     assert float(margin[valid].min()) > 1e-4, "a near-tie in the test data: is_top1 would depend on rounding"
-    assert targets[picked].div(chunked.VOCAB_TILE, rounding_mode="floor").unique().numel() > 1  # several tiles
+    assert targets[picked].div(TILES["vocab_tile"], rounding_mode="floor").unique().numel() > 1  # several tiles
     return picked
 
 
@@ -216,7 +218,7 @@ def test_is_top1_breaks_exact_ties_like_argmax(dtype, backend):
     if backend == "materialised":
         stats = token_stats(hidden @ weight.T, labels)
     else:
-        stats = chunked_token_stats(hidden, labels, LMHead(weight), backend=backend)
+        stats = chunked_token_stats(hidden, labels, LMHead(weight), backend=backend, **TILES)
     assert stats.is_top1.tolist() == [[True, False, True, False]]
 
 
@@ -284,7 +286,7 @@ def test_non_finite_hidden_state_raises_at_a_trained_position_only(backend, wher
 
         def run(check: bool, tensors=tensors):
             return chunked_token_stats(tensors["hidden"], labels, problem.head(), tensors["ref_hidden"],
-                                       problem.ref_head(), backend=backend, check_finite=check)  # fmt: skip
+                                       problem.ref_head(), backend=backend, check_finite=check, **TILES)  # fmt: skip
 
         if trained:
             with pytest.raises(ValueError, match=r"^chunked (logp|entropy|kl) contains NaN or inf"):
@@ -314,7 +316,9 @@ def test_reference_head_with_its_own_scale_and_softcap(transforms, dtype, backen
     ref_logits = ref_softcap * torch.tanh(z_ref / ref_softcap)
     ref_head = LMHead(problem.ref_weight, problem.ref_bias, ref_scale, ref_softcap)
     expected = token_stats(problem.logits(hidden, problem.weight, problem.bias), problem.labels, ref_logits)
-    actual = chunked_token_stats(hidden, problem.labels, problem.head(), problem.ref_hidden, ref_head, backend=backend)
+    actual = chunked_token_stats(
+        hidden, problem.labels, problem.head(), problem.ref_hidden, ref_head, backend=backend, **TILES
+    )
     for field in ("kl", "ref_logp", "logp", "entropy"):
         assert_close(getattr(actual, field), getattr(expected, field), TOL[dtype], field)
     leaves = [problem.weight, *([problem.bias] if problem.bias is not None else [])]
@@ -327,7 +331,7 @@ def test_reference_equal_to_policy_gives_exactly_zero_kl():
     problem = Problem("scale_softcap_bias", torch.float32)
     hidden = problem.hidden()
     stats = chunked_token_stats(
-        hidden, problem.labels, problem.head(), hidden.detach(), problem.head(), backend="torch"
+        hidden, problem.labels, problem.head(), hidden.detach(), problem.head(), backend="torch", **TILES
     )
     assert bool((stats.kl == 0).all())  # so the KL floor excludes every position at the first step
 
@@ -348,7 +352,8 @@ def test_only_valid_positions_are_projected_in_tiles(monkeypatch):
     compute_objective("eksft", stats).loss.backward()
     n_valid, vocab = stats.num_valid, problem.weight.shape[0]
     assert (
-        max(rows for rows, _ in shapes) <= chunked.TOKEN_TILE and max(cols for _, cols in shapes) <= chunked.VOCAB_TILE
+        max(rows for rows, _ in shapes) <= TILES["token_tile"]
+        and max(cols for _, cols in shapes) <= TILES["vocab_tile"]
     )
     # forward: every vocabulary tile of every token tile, for the policy and the reference
     assert sum(rows * cols for rows, cols in forward) == 2 * n_valid * vocab
@@ -374,7 +379,7 @@ def test_backward_outside_autocast_recomputes_in_the_forward_precision():
     problem = Problem("tied_bias", torch.float32)
     hidden = problem.hidden()  # float32, as a float32 model's final norm returns under autocast
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        stats = chunked_token_stats(hidden, problem.labels, problem.head(), backend="torch")
+        stats = chunked_token_stats(hidden, problem.labels, problem.head(), backend="torch", **TILES)
     stats.logp.sum().backward()
     assert abs(problem.bias.grad.sum().item()) < 1e-4
 
@@ -382,7 +387,20 @@ def test_backward_outside_autocast_recomputes_in_the_forward_precision():
 def test_backend_is_checked():
     problem = Problem("odd", torch.float32)
     with pytest.raises(ValueError, match="backend"):
-        chunked_token_stats(problem.hidden(), problem.labels, problem.head(), backend="triton")
+        chunked_token_stats(problem.hidden(), problem.labels, problem.head(), backend="triton", **TILES)
+    with pytest.raises(ValueError, match="token_tile and vocab_tile must be >= 1, got 0 and 32"):
+        chunked_token_stats(problem.hidden(), problem.labels, problem.head(), token_tile=0, vocab_tile=32)
+
+
+def test_the_default_tiles_give_the_small_tiles_values():
+    problem = Problem("odd", torch.float64)
+    hidden = problem.hidden()
+    small = chunked_token_stats(hidden, problem.labels, problem.head(), problem.ref_hidden, problem.ref_head(),
+                                top_k_entropy=5, backend="torch", **TILES)  # fmt: skip
+    default = chunked_token_stats(hidden, problem.labels, problem.head(), problem.ref_hidden, problem.ref_head(),
+                                  top_k_entropy=5, backend="torch")  # fmt: skip
+    for name in ("logp", "entropy", "kl", "ref_logp", "top_k_entropy"):
+        assert_close(getattr(default, name), getattr(small, name), 1e-12, name)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -431,7 +449,7 @@ def test_qwen3_hidden_states_and_head_reproduce_logits(tied):
             with torch.no_grad():
                 ref_hidden = hidden_states(reference, **inputs)
             stats = chunked_token_stats(
-                hidden_states(model, **inputs), labels, lm_head_of(model), ref_hidden, lm_head_of(reference)
+                hidden_states(model, **inputs), labels, lm_head_of(model), ref_hidden, lm_head_of(reference), **TILES
             )
         out = compute_objective("eksft", stats)
         out.loss.backward()
@@ -466,7 +484,7 @@ def test_peft_lora_policy_and_disabled_adapter_reference():
             with torch.no_grad(), model.disable_adapter():
                 ref_hidden = hidden_states(model, **inputs)
                 ref_head = lm_head_of(model)
-            stats = chunked_token_stats(hidden_states(model, **inputs), labels, head, ref_hidden, ref_head)
+            stats = chunked_token_stats(hidden_states(model, **inputs), labels, head, ref_hidden, ref_head, **TILES)
         assert bool((stats.kl[stats.valid] > 1e-6).any())  # the adapters moved the policy away from the reference
         out = compute_objective("eksft", stats)
         out.loss.backward()
@@ -514,7 +532,9 @@ def test_fsdp2_dtensor_head_is_gathered(tmp_path):
         mesh = init_device_mesh("cpu", (1,))
         weight = distribute_tensor(problem.weight.detach(), mesh, [Shard(0)]).requires_grad_()
         hidden = problem.hidden().detach().requires_grad_()
-        stats = chunked_token_stats(hidden, problem.labels, LMHead(weight), problem.ref_hidden, problem.ref_head())
+        stats = chunked_token_stats(
+            hidden, problem.labels, LMHead(weight), problem.ref_hidden, problem.ref_head(), **TILES
+        )
         compute_objective("eksft", stats).loss.backward()
         expected = token_stats(hidden @ problem.weight.T, problem.labels, problem.ref_hidden @ problem.ref_weight.T)
         assert_close(stats.kl, expected.kl, 1e-9, "kl")
@@ -537,8 +557,6 @@ def test_cuda_chunked_matches_materialised(backend, dtype, monkeypatch):
     """On CUDA (Triton kernels for backend="trl"), real tile sizes, a 32k vocabulary: bf16 within BF16_TOL, float32
     within 1e-4 (TF32 off)."""
     for module, name, value in [
-        (chunked, "TOKEN_TILE", 2048),
-        (chunked, "VOCAB_TILE", 8192),
         (chunked, "TRL_VOCAB_CHUNK", 32768),
     ]:
         monkeypatch.setattr(module, name, value)

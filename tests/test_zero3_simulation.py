@@ -24,7 +24,8 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from eksft.chunked import chunked_token_stats, hidden_states, lm_head_of
+from eksft.chunked import chunked_token_stats
+from eksft.heads import hidden_states, lm_head_of
 from eksft.objectives import ObjectiveParams, compute_objective
 
 

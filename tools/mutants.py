@@ -211,7 +211,7 @@ MUTANTS: list[Mutant] = [
            "better = tile_top > top_logit[rows]", "better = tile_top >= top_logit[rows]",
            "is_top1: an exact tie in a later vocabulary tile replaces the earlier index", CHUNKED),
     Mutant("chunked-reference-softcap-from-policy", CHUNKED_PY,
-           "ref_head.softcap if ref_h is not None else None)", "head.softcap if ref_h is not None else None)",
+           "ref_head.softcap if ref_h is not None else None, tiles)", "head.softcap if ref_h is not None else None, tiles)",
            "backend='torch': the reference's logits soft-capped with the policy's cap", CHUNKED),
     # ---- pass@k (src/eksft/evaluation/metrics.py) ----
     Mutant("metrics-pass-at-k-all-pass-inclusive", METRICS,

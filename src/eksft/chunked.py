@@ -2,30 +2,11 @@ r"""Token statistics from hidden states and the LM head, without ever holding ``
 
 The chunked twin of ``eksft.stats.token_stats`` (the materialised oracle): same ``TokenStats``, same shift (via
 ``eksft.stats.shift_labels``), same zeros at invalid positions, gradients to the policy's hidden states, LM-head
-weight and bias. Only the valid positions are projected, in tiles of ``TOKEN_TILE`` tokens x ``VOCAB_TILE``
-vocabulary entries; the backward recomputes each tile instead of storing it. For each valid position, with
-``z = softcap(scale * (h @ W.T + b))`` the policy's logits and ``zt`` the reference's::
-
-    L = logsumexp(z)                logp    = z[y] - L
-    H = -sum_v p_v log p_v          entropy
-    D = sum_v p_v (z_v - zt_v)      kl      = D - L + Lt        (= sum_v p_v (log p_v - log q_v))
-    Lt = logsumexp(zt)              ref_logp = zt[y] - Lt       (no gradient)
-    is_top1 = argmax_v z_v == y     (bool, no gradient; TRL's mean_token_accuracy)
-
-One pass over the vocabulary tiles of each token tile gives all five: each tile is normalised on its own
-(``L_i``, ``H_i``, ``D_i``, exactly the oracle's arithmetic on that slice) and merged into the running values with
-weights ``w = exp(L_i - L)``::
-
-    L = logaddexp(L_a, L_b)    H = w_a H_a + w_b H_b - w_a log w_a - w_b log w_b    D = w_a D_a + w_b D_b
-
-(the entropy of a mixture of disjoint supports), so no large logit ever cancels against ``L`` and a reference
-equal to the policy gives a KL of exactly 0. ``is_top1`` keeps a running maximum of the policy's logits and its
-index (one ``max`` per tile, before the tile is overwritten); a later tile replaces it only when its maximum is
-strictly larger, so ties go to the first index, exactly as ``torch.argmax`` over the full logits (a target tied
-with an earlier token is not top-1; ties of float logits are practically absent anyway). The backward recomputes
-both tiles and applies, per logit,
-
-    dlogp/dz_v = 1[v = y] - p_v      dH/dz_v = -p_v (log p_v + H)      dKL/dz_v = p_v (log p_v - log q_v - KL)
+weight and bias. Only the valid positions are projected, in tiles of ``token_tile`` tokens x ``vocab_tile``
+vocabulary entries; each tile is normalised on its own and merged into running values (log-sum-exp, entropy, KL
+and the running argmax), and the backward recomputes each tile instead of storing it. The derivation (the merge
+rule, the per-logit gradients, why a reference equal to the policy gives a KL of exactly 0) is in
+docs/design.md, section 5; the model side (the head, the hidden states) is ``eksft.heads``.
 
 Why not TRL's kernels everywhere. TRL 1.16's ``ChunkedLogProbFunction`` and ``ChunkedDivergenceFunction`` compute
 the same quantities with tested backwards, but force float32 internally (``tile.float()``, float32 running
@@ -51,15 +32,15 @@ embedding's module). Under ZeRO-3 and DDP the call must run inside the wrapped m
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from packaging.version import Version
 
+from .heads import LMHead
 from .sharding import GatherHeadForBackward, full_parameter, gathered
 from .stats import TokenStats, shift_labels
 
-# Tile sizes of backend="torch", read at call time (tests shrink them to exercise many tiles). One float32 tile of
+# Default tile sizes of backend="torch" (``chunked_token_stats(token_tile=, vocab_tile=)``). One float32 tile of
 # TOKEN_TILE x VOCAB_TILE is 64 MiB; about four are alive at once.
 TOKEN_TILE = 2048
 VOCAB_TILE = 8192
@@ -69,119 +50,6 @@ CUDA_BACKEND = "trl"
 # divergence kernel's tiles are TRL's own module constants)
 TRL_VOCAB_CHUNK = 32768
 BACKENDS = ("auto", "torch", "trl")
-
-
-@dataclass
-class LMHead:
-    """The projection from the last hidden state to the logits: ``softcap(logit_scale * (h @ weight.T + bias))``."""
-
-    weight: torch.Tensor  # [V, H]
-    bias: torch.Tensor | None = None  # [V]
-    logit_scale: float = 1.0
-    softcap: float | None = None  # final_logit_softcapping: z -> softcap * tanh(z / softcap)
-    tied: bool = False  # the weight is also the input embedding's (whose module gathers it under ZeRO-3)
-
-    @property
-    def vocab_size(self) -> int:
-        # a ZeRO-3 parameter is empty outside its gather context; ds_shape is its real shape
-        return int(getattr(self.weight, "ds_shape", self.weight.shape)[0])
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Reading a model: its LM head and the hidden states that feed it
-
-
-def _unwrap_peft(model):
-    """A peft ``PeftModel``'s transformers model, adapters still injected (``disable_adapter()`` still applies)."""
-    try:
-        from peft import PeftModel
-    except ImportError:  # peft is a dependency, but the chunked path does not need it
-        return model
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
-def _logit_scale(text_config) -> float:
-    """The multiplier applied to the logits before soft-capping, read as TRL 1.16's ``add_fused_lm_head`` reads it."""
-    # `logit_scale` is None on models that don't scale (e.g. MPT); read that as 1.0. Muse Glimmer calls it
-    # `output_multiplier`, Falcon-H1 `lm_head_multiplier`; Granite and MiniCPM3 divide by `logits_scaling`,
-    # HyperCLOVA X multiplies by it.
-    scale = getattr(text_config, "logit_scale", None)
-    if scale is None:
-        scale = getattr(text_config, "output_multiplier", None)
-    if scale is None:
-        scale = getattr(text_config, "lm_head_multiplier", None)
-    if scale is None and getattr(text_config, "logits_scaling", None) is not None:
-        scaling = text_config.logits_scaling
-        scale = scaling if text_config.model_type == "hyperclovax" else 1 / scaling
-    return 1.0 if scale is None else float(scale)
-
-
-def _plain_linear(module: torch.nn.Module) -> torch.nn.Module:
-    """The module whose ``weight``/``bias`` are the head's effective parameters (peft layers unwrapped)."""
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:
-        return module
-    if isinstance(module, BaseTunerLayer):
-        # A LoRA (or other adapter) on the head itself changes the logits by more than weight and bias
-        if module.merged or module.disable_adapters or not module.active_adapters:
-            return module.get_base_layer()
-        raise ValueError(
-            "the LM head carries an active peft adapter (e.g. LoRA with target_modules including lm_head): its "
-            "logits are not h @ weight.T + bias, so the chunked statistics cannot be used; use the materialised "
-            "path (use_chunked_stats=False) or keep the head out of the adapter's target modules"
-        )
-    # peft's ModulesToSaveWrapper forwards `.weight` to the active copy (the original one under disable_adapter())
-    return module
-
-
-def lm_head_of(model) -> LMHead:
-    """The LM head of a transformers causal LM (or a peft model wrapping one).
-
-    Weight and bias of ``get_output_embeddings()`` (the same tensor as the input embedding when tied; under
-    ``disable_adapter()`` a ``modules_to_save`` head resolves to the original), the logit scale and
-    ``final_logit_softcapping`` from the text config, read as TRL's ``add_fused_lm_head`` reads them.
-    """
-    model = _unwrap_peft(model)
-    head = model.get_output_embeddings()
-    if head is None or not hasattr(head, "weight"):
-        raise ValueError(f"{type(model).__name__} has no output embedding (LM head) to project hidden states with")
-    head = _plain_linear(head)
-    text_config = model.config.get_text_config()
-    embedding = model.get_input_embeddings()
-    return LMHead(
-        weight=head.weight,
-        bias=getattr(head, "bias", None),
-        logit_scale=_logit_scale(text_config),
-        softcap=getattr(text_config, "final_logit_softcapping", None),
-        tied=embedding is not None and getattr(embedding, "weight", None) is head.weight,
-    )
-
-
-# Batch keys for the loss, not for the backbone
-_NOT_MODEL_INPUTS = ("labels", "shift_labels", "num_items_in_batch", "logits_to_keep", "use_cache", "return_dict")
-
-
-def backbone_outputs(model, **inputs):
-    """The backbone's output: ``last_hidden_state`` ``[B, T, H]`` (after the final norm), and ``router_logits`` when
-    ``output_router_logits=True`` is passed to a Mixture-of-Experts model; the LM head is never called.
-
-    Works for a transformers causal LM and for a peft model (also inside ``with model.disable_adapter():``, which
-    gives the reference's hidden states). Loss-only keys (``labels``, ``num_items_in_batch``, ...) are ignored.
-    """
-    model = _unwrap_peft(model)
-    # transformers' `base_model` is the decoder stack (`model.model` for Qwen3, Llama, ...), final norm included
-    backbone = model.base_model
-    if backbone is model:
-        raise ValueError(f"{type(model).__name__} has no separate backbone (base_model is the model itself)")
-    for key in _NOT_MODEL_INPUTS:
-        inputs.pop(key, None)
-    return backbone(**inputs, use_cache=False)
-
-
-def hidden_states(model, **inputs) -> torch.Tensor:
-    """``[B, T, H]`` last hidden state of the backbone (``backbone_outputs``)."""
-    return backbone_outputs(model, **inputs).last_hidden_state
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -232,7 +100,7 @@ class _ChunkedStats(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, ref_hidden, ref_weight, ref_bias, transforms):
         # hidden [N, H], weight [V, H], bias [V] | None, targets [N]; ref_* likewise or None
         ctx.set_materialize_grads(False)
-        scale, softcap, ref_scale, ref_softcap = transforms
+        scale, softcap, ref_scale, ref_softcap, (token_tile, vocab_tile) = transforms
         has_ref = ref_hidden is not None
         compute_dtype = _compute_dtype(hidden)
         acc_dtype = torch.promote_types(compute_dtype, torch.float32)
@@ -248,12 +116,12 @@ class _ChunkedStats(torch.autograd.Function):
         top_logit, top_index = full(-math.inf), torch.zeros(n_tokens, device=device, dtype=torch.long)
         with torch.autocast(device.type, enabled=False), gathered(weight, bias, ref_weight, ref_bias):
             vocab_size = weight.shape[0]
-            for t0 in range(0, n_tokens, TOKEN_TILE):
-                rows = slice(t0, t0 + TOKEN_TILE)
+            for t0 in range(0, n_tokens, token_tile):
+                rows = slice(t0, t0 + token_tile)
                 h = hidden[rows].to(compute_dtype)
                 rh = ref_hidden[rows].to(compute_dtype) if has_ref else None
-                for v0 in range(0, vocab_size, VOCAB_TILE):
-                    v1 = min(v0 + VOCAB_TILE, vocab_size)
+                for v0 in range(0, vocab_size, vocab_tile):
+                    v1 = min(v0 + vocab_tile, vocab_size)
                     in_tile, local = _local_targets(targets[rows], v0, v1)
                     z = _logits(h, weight, bias, v0, v1, scale, softcap, acc_dtype)  # [n, v]
                     target_logit[rows] = torch.where(in_tile, z.gather(1, local).squeeze(1), target_logit[rows])
@@ -305,7 +173,7 @@ class _ChunkedStats(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy, grad_kl, _grad_ref_logp, _grad_is_top1):
         hidden, weight, bias, targets, ref_hidden, ref_weight, ref_bias, lse, entropy, kl, ref_lse = ctx.saved_tensors
-        scale, softcap, ref_scale, ref_softcap = ctx.transforms
+        scale, softcap, ref_scale, ref_softcap, (token_tile, vocab_tile) = ctx.transforms
         needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         if ref_hidden is None:
             grad_kl = None
@@ -326,12 +194,12 @@ class _ChunkedStats(torch.autograd.Function):
             grad_hidden = torch.zeros(hidden.shape, device=hidden.device, dtype=acc_dtype) if needs_hidden else None
             grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=acc_dtype) if needs_weight else None
             grad_bias = torch.zeros(bias.shape, device=bias.device, dtype=acc_dtype) if needs_bias else None
-            for t0 in range(0, n_tokens, TOKEN_TILE):
-                rows = slice(t0, t0 + TOKEN_TILE)
+            for t0 in range(0, n_tokens, token_tile):
+                rows = slice(t0, t0 + token_tile)
                 h = hidden[rows].to(compute_dtype)
                 rh = ref_hidden[rows].to(compute_dtype) if grad_kl is not None else None
-                for v0 in range(0, vocab_size, VOCAB_TILE):
-                    v1 = min(v0 + VOCAB_TILE, vocab_size)
+                for v0 in range(0, vocab_size, vocab_tile):
+                    v1 = min(v0 + vocab_tile, vocab_size)
                     z = _logits(h, weight, bias, v0, v1, scale, softcap, acc_dtype)  # [n, v]
                     # through z = softcap * tanh(y / softcap): dz/dy = 1 - (z / softcap)^2
                     dz_dy = z.div(softcap).square_().neg_().add_(1) if softcap is not None else None
@@ -372,19 +240,19 @@ def _local_targets(targets: torch.Tensor, v0: int, v1: int) -> tuple[torch.Tenso
     return in_tile, local.clamp(0, v1 - v0 - 1).unsqueeze(1)
 
 
-def _stats_torch(h, targets, head, ref_h, ref_head):
+def _stats_torch(h, targets, head, ref_h, ref_head, tiles: tuple[int, int]):
     weight, bias = full_parameter(head.weight), full_parameter(head.bias)
     ref = (None, None, None)
     if ref_h is not None:
         ref = (ref_h, full_parameter(ref_head.weight), full_parameter(ref_head.bias))
     transforms = (head.logit_scale, head.softcap, ref_head.logit_scale if ref_h is not None else 1.0,
-                  ref_head.softcap if ref_h is not None else None)  # fmt: skip
+                  ref_head.softcap if ref_h is not None else None, tiles)  # fmt: skip
     # applied inside the gather: autograd records the full [V, H] shape of a ZeRO-3 head, not its empty placeholder
     with gathered(weight, bias, *ref[1:]):
         return _ChunkedStats.apply(h, weight, bias, targets, *ref, transforms)
 
 
-def _stats_trl(h, targets, head, ref_h, ref_head):
+def _stats_trl(h, targets, head, ref_h, ref_head, tiles: tuple[int, int]):
     """The same statistics from TRL's kernels: log-prob + entropy (with gradients) and is_top1 (same pass, no
     gradient; TRL also gives ties to the first index), the reference's log-prob (no gradient), and KL(policy ||
     reference) (``ChunkedDivergenceFunction`` with ``beta=1.0``: the reverse KL, ``sum p_s (log p_s - log p_t)`` with
@@ -413,8 +281,9 @@ def _stats_trl(h, targets, head, ref_h, ref_head):
 
 
 @torch.no_grad()
-def _top_k_entropy(h: torch.Tensor, head: LMHead, k: int) -> torch.Tensor:
+def _top_k_entropy(h: torch.Tensor, head: LMHead, k: int, tiles: tuple[int, int]) -> torch.Tensor:
     """[N] entropy of the policy renormalised over its ``k`` largest logits, tiled (a running top-k per token)."""
+    token_tile, vocab_tile = tiles
     weight, bias = full_parameter(head.weight), full_parameter(head.bias)
     compute_dtype = _compute_dtype(h)
     acc_dtype = torch.promote_types(compute_dtype, torch.float32)
@@ -422,12 +291,12 @@ def _top_k_entropy(h: torch.Tensor, head: LMHead, k: int) -> torch.Tensor:
     with torch.autocast(h.device.type, enabled=False), gathered(weight, bias):
         vocab_size = weight.shape[0]
         k = min(k, vocab_size)
-        for t0 in range(0, h.shape[0], TOKEN_TILE):
-            rows = slice(t0, t0 + TOKEN_TILE)
+        for t0 in range(0, h.shape[0], token_tile):
+            rows = slice(t0, t0 + token_tile)
             hc = h[rows].to(compute_dtype)
             top = torch.empty(hc.shape[0], 0, device=h.device, dtype=acc_dtype)  # [n, <=k]
-            for v0 in range(0, vocab_size, VOCAB_TILE):
-                z = _logits(hc, weight, bias, v0, min(v0 + VOCAB_TILE, vocab_size), head.logit_scale, head.softcap,
+            for v0 in range(0, vocab_size, vocab_tile):
+                z = _logits(hc, weight, bias, v0, min(v0 + vocab_tile, vocab_size), head.logit_scale, head.softcap,
                             acc_dtype)  # fmt: skip
                 both = torch.cat([top, z], dim=1)
                 top = both.topk(min(k, both.shape[1]), dim=1).values
@@ -457,6 +326,8 @@ def chunked_token_stats(
     top_k_entropy: int | None = None,
     backend: str = "auto",
     check_finite: bool = True,
+    token_tile: int = TOKEN_TILE,
+    vocab_tile: int = VOCAB_TILE,
 ) -> TokenStats:
     """``token_stats`` from ``[B, T, H]`` hidden states (unshifted, as the backbone returns them) and LM heads.
 
@@ -465,7 +336,11 @@ def chunked_token_stats(
     = adapters disabled); the reference gets no gradient. ``top_k_entropy=k`` adds the (detached) entropy of the
     policy renormalised over its k most likely tokens. ``is_top1`` (bool, whether the target is the argmax of the
     policy's logits) is always computed, in the same pass. ``backend``: "torch", "trl" or "auto" (module docstring).
+    ``token_tile`` x ``vocab_tile``: the tiles of the torch backend and of the top-k entropy (TRL's kernels tile
+    with their own sizes); smaller tiles hold less memory at once, larger ones make fewer, bigger matrix products.
     """
+    if token_tile < 1 or vocab_tile < 1:
+        raise ValueError(f"token_tile and vocab_tile must be >= 1, got {token_tile} and {vocab_tile}")
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [batch, seq, hidden], got shape {tuple(hidden.shape)}")
     if labels.shape != hidden.shape[:2]:
@@ -489,7 +364,8 @@ def chunked_token_stats(
     y = targets[valid]  # [N]
     ref_h = ref_hidden[:, :-1][valid].detach() if ref_hidden is not None else None
     compute = _stats_trl if _pick_backend(backend, hidden) == "trl" else _stats_torch
-    logp, entropy, kl, ref_logp, is_top1 = compute(h, y, head, ref_h, ref_head)
+    tiles = (int(token_tile), int(vocab_tile))
+    logp, entropy, kl, ref_logp, is_top1 = compute(h, y, head, ref_h, ref_head, tiles)
     if hasattr(head.weight, "ds_status") and not head.tied and torch.is_grad_enabled():
         logp, entropy, kl = GatherHeadForBackward.apply((head.weight, head.bias), logp, entropy, kl)
     if check_finite:
@@ -508,8 +384,8 @@ def chunked_token_stats(
         stats.kl = dense(kl)
         stats.ref_logp = dense(ref_logp.detach())
     if top_k_entropy is not None:
-        stats.top_k_entropy = dense(_top_k_entropy(h.detach(), head, int(top_k_entropy)))
+        stats.top_k_entropy = dense(_top_k_entropy(h.detach(), head, int(top_k_entropy), tiles))
     return stats
 
 
-__all__ = ["BACKENDS", "LMHead", "backbone_outputs", "chunked_token_stats", "hidden_states", "lm_head_of"]
+__all__ = ["BACKENDS", "chunked_token_stats"]

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from eksft.chunked import chunked_token_stats, hidden_states, lm_head_of
+from eksft.chunked import chunked_token_stats
 from eksft.cli import main as cli
+from eksft.heads import hidden_states, lm_head_of
 from eksft.smollm2 import gguf_path
 from eksft.stats import IGNORE_INDEX, token_stats
 
@@ -94,7 +95,7 @@ def stats_problem(model, smollm2_tokenizer):
 
 def _stats_and_grads(problem, dtype, path):
     """Statistics and the gradients (hidden states, tied head) of a loss using every statistic, by one path."""
-    from eksft.chunked import LMHead
+    from eksft.heads import LMHead
 
     hidden, ref_hidden, labels, weight = problem
     h = hidden.to(dtype).requires_grad_(True)

@@ -26,7 +26,8 @@ from trl import SFTTrainer
 from trl.data_utils import is_conversational
 from trl.models.utils import _ForwardRedirection
 
-from ..chunked import backbone_outputs, chunked_token_stats, hidden_states, lm_head_of
+from ..chunked import chunked_token_stats
+from ..heads import backbone_outputs, hidden_states, lm_head_of
 from ..objectives import OBJECTIVES, compute_objective
 from ..stats import TokenStats, token_stats
 from ..templates import apply_template_file, can_mask_assistant, conversations_to_prompt_completion
