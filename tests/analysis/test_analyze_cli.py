@@ -7,6 +7,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from eksft import cli
 from eksft.analysis.drift import parameter_drift
+from eksft.demo.world import STYLES, Task, format_document
 
 from .conftest import write_token_stats
 
@@ -36,8 +37,12 @@ def test_end_to_end(tmp_path, base_dir, perturbed_dir, capsys):
     run_dir = write_token_stats(tmp_path / "sft-run", steps=6)
     eval_dir = write_eval_dir(tmp_path / "ev", {0: [True, False, False, False], 1: [False, False, True, True]})
     out = tmp_path / "out"
+    texts = tmp_path / "texts.jsonl"  # six held-out problems of the demo world, as documents (docs/analysis.md)
+    problems = Task(0).problems("test", 6)
+    texts.write_text("".join(json.dumps({"text": format_document(p, STYLES[i % len(STYLES)])}) + "\n"
+                             for i, p in enumerate(problems)))  # fmt: skip
     code, stdout, stderr = run(["--base", str(base_dir), "--model", f"perturbed={perturbed}", "--model", str(base_dir),
-                                "--run-dir", str(run_dir), "--eval-dir", f"sft={eval_dir}", "--demo-texts", "6",
+                                "--run-dir", str(run_dir), "--eval-dir", f"sft={eval_dir}", "--texts", str(texts),
                                 "--batch-size", "3", "--output-dir", str(out), "--no-progress", "--device", "cpu"],
                                capsys)  # fmt: skip
     assert code == 0, stderr
@@ -112,7 +117,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, base_dir, capsys):
         (["--model", str(base_dir)], "--model needs --base"),
         (["--run-dir", str(not_a_model)], "has no token_stats.jsonl"),
         (["--base", str(base_dir), "--model", str(base_dir), "--texts", str(bad_texts)], "no field 'text' or 'messages'"),
-        (["--base", str(base_dir), "--model", str(base_dir), "--demo-texts", "0"], "--demo-texts must be >= 1"),
+        (["--texts", str(bad_texts), "--eval-dir", str(tmp_path)], "--texts measures the shift of a --model"),
         ([], "nothing to analyze"),
     ]
     for argv, message in cases:
