@@ -104,3 +104,28 @@ def test_bad_input_one_message_exit_2_output_untouched(case, expected, tiny_mode
         assert f"{bad_file}:2" in err
     assert "Traceback" not in err and err.count("error:") == 1
     assert not out.exists()
+
+
+def test_config_file_and_underscore_flags(tiny_model_dir, five_problems, tmp_path, capsys):
+    """`eksft eval --config FILE`: the options of a YAML file (keys spelled either way), overridden by flags."""
+    out = tmp_path / "eval"
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"model: {tiny_model_dir}\nbenchmark: [{five_problems}]\nnum_samples: 2\nk: '1,2'\n"
+                      f"max-new-tokens: 8\nbatch_size: 4\noutput_dir: {tmp_path / 'ignored'}\nno_progress: true\n"
+                      "limit: 4\n")  # fmt: skip
+    assert cli.main(["eval", "--config", str(config), "--output_dir", str(out), "--limit", "2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["benchmarks"]["five"]["num_problems"] == 2 and results["settings"]["max_new_tokens"] == 8
+    assert not (tmp_path / "ignored").exists()  # the flag replaced the file's output_dir
+    capsys.readouterr()
+
+    for text, message in [("num_sample: 2\n", "unknown option 'num_sample'; the options are: "),
+                          ("no_progress: 1\n", "no_progress is a flag: give true or false, got 1"),
+                          ("- a\n- b\n", "a config file is a mapping of option names to values, got a list"),
+                          ("k: [1\n", "cannot read the config file")]:  # fmt: skip
+        config.write_text(text)
+        assert cli.main(["eval", "--config", str(config), "--output-dir", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err, text
+    assert cli.main(["eval", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import fresh_sibling, json_safe, replace_directory
+from .options import parse_options
 
 JSON_FILE, MARKDOWN_FILE = "analysis.json", "analysis.md"
 
@@ -172,7 +173,7 @@ def _say(message: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_options(build_parser(), argv)
     _check_numbers(args)
     output_dir = Path(args.output_dir).expanduser().absolute()
     _check_output_dir(output_dir, args.overwrite)

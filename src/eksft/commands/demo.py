@@ -21,7 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything the demo needs is bui
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from ..errors import UserError  # noqa: E402
+from ..errors import UserError
+from .options import parse_options  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "demo-output"
 REAL = "real"  # the real-model profile (eksft.demo.real), not one of the tiny demo's PROFILES
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_options(parser, argv)
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     if args.threads is not None and args.threads < 1:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..loading import load_tokenizer
+from .options import parse_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +143,7 @@ def _load_and_evaluate(args, benchmarks, tokenizer, settings, runs) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_options(build_parser(), argv)
     if args.report:
         return _report(args)
     for flag, value in (("--model", args.model), ("--benchmark", args.benchmark), ("--output-dir", args.output_dir)):
