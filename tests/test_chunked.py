@@ -26,15 +26,6 @@ TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
 TILES = dict(token_tile=16, vocab_tile=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (4x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
     """TRL's kernels in tiles of 16 tokens x 32 vocabulary entries, like TILES: many tiles on tiny shapes."""

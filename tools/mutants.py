@@ -35,7 +35,7 @@ RHO1 = "src/eksft/objectives/rho1.py"
 CHUNKED_PY = "src/eksft/chunked.py"
 METRICS = "src/eksft/evaluation/metrics.py"
 GRADING = "src/eksft/grading.py"
-PASS_AT_K = ("tests/test_pass_at_k.py",)
+PASS_AT_K = ("tests/evaluation/test_metrics.py",)
 TOP1 = ("is_top1_matches", "token_stats_is_top1_by_hand", "is_top1_breaks_exact_ties_like_argmax")
 GRADING_TESTS = (
     "tests/test_grading.py::test_extract_answer",
@@ -104,7 +104,7 @@ MUTANTS: list[Mutant] = [
            "        if self.model.training:\n            loss = loss / self.current_gradient_accumulation_steps\n",
            "        loss = loss / self.current_gradient_accumulation_steps\n",
            "normalization='mean': the evaluation loss divided by the accumulation steps too",
-           ("tests/test_grad_accumulation.py::test_evaluation_loss_does_not_depend_on_gradient_accumulation",
+           ("tests/objectives/test_grad_accumulation.py::test_evaluation_loss_does_not_depend_on_gradient_accumulation",
             "tests/trainer/test_sft_dropin.py::test_evaluate_gives_the_same_eval_loss_accuracy_and_entropy")),
     # ---- token statistics from full logits (src/eksft/stats.py) ----
     Mutant("stats-labels-not-shifted", STATS,

@@ -8,7 +8,7 @@ helpers do what their module hooks would have done:
 * ``GatherHeadForBackward``: keeps an untied ZeRO-3 head gathered from the start of its backward until its gradient
   has been accumulated.
 
-``tests/test_zero3_simulation.py`` and ``tests/trainer/test_sharded_training.py`` check them.
+``tests/test_sharding.py`` and ``tests/trainer/test_sharded_training.py`` check them.
 """
 
 from __future__ import annotations

@@ -28,15 +28,6 @@ SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 DETERMINISTIC = [name for name in OBJECTIVES if name != "random_mask"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: intra-op threads only add synchronisation (milliseconds per op on a busy machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @dataclass
 class Case:
     logits: torch.Tensor  # [B, T, V] float64

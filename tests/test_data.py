@@ -86,8 +86,8 @@ def write_jsonl(path, rows):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_model):
-    return AutoTokenizer.from_pretrained(tiny_model)
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def test_files_of_every_kind_load_the_same(tmp_path, tokenizer):

@@ -1,5 +1,6 @@
 """GRPO: prompt loading (layouts, nested answers, the SFT remainder), rewards, and a few steps that move the weights."""
 
+import json
 import random
 import textwrap
 from pathlib import Path
@@ -12,9 +13,13 @@ from eksft import cli
 from eksft.errors import UserError
 from eksft.grpo import REWARDS, GRPODataArguments, load_prompts, reward_functions
 
-from .conftest import write_jsonl
 
-TINY_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "grpo_tiny_cpu.yaml"
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+TINY_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "grpo_tiny_cpu.yaml"
 
 
 def test_string_prompts_become_chats_with_template_and_system(tmp_path):
