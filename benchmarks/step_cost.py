@@ -13,7 +13,7 @@ materialised oracle and the published three-pass pattern.
 (``AutoModelForCausalLM.from_pretrained(DIR, dtype=...)``, its own weights, loaded twice: the policy and a frozen
 reference equal to it, as at the first step of a fine-tuning) at the batch, sequence length, dtype and device of the
 preset's shapes; the presets whose shapes name no architecture (``cpu-smollm2``) need it. Its token ids are real
-text when DIR has a tokenizer: the conversations and MATH problems of ``eksft/demo/data/*.jsonl`` rendered with the
+text when DIR has a tokenizer: the conversations and MATH problems of ``eksft_demo/data/*.jsonl`` rendered with the
 tokenizer's chat template, concatenated and repeated as needed; otherwise (and for the random-init presets) random
 ids in the vocabulary. Either way the first 1/8 of each sequence is prompt (labels -100). The weights are copied out
 of the safetensors file mapping into ordinary memory before anything is measured, so that no step faults them in.
@@ -69,10 +69,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from trl.trainer.utils import add_fused_lm_head
 
 from eksft.chunked import chunked_token_stats
-from eksft.demo.real_data import general_conversations, math_solutions
 from eksft.heads import hidden_states, lm_head_of
 from eksft.objectives import compute_objective
 from eksft.stats import IGNORE_INDEX, token_stats
+from eksft_demo.real_data import general_conversations, math_solutions
 
 GIB = 2**30
 

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from eksft import cli
-from eksft.demo import pipeline
-from eksft.demo.report import BASE_OBJECTIVE
+from eksft_demo import pipeline
+from eksft_demo.report import BASE_OBJECTIVE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,21 +8,14 @@ import json
 import pytest
 
 from eksft import cli
-from eksft.demo import pipeline
-from eksft.demo.pipeline import (
-    PROFILES,
-    BaseModelConfig,
-    Progress,
-    base_model_dir,
-    ensure_base_model,
-    grpo_rows,
-    held_out_problems,
-    pretraining_documents,
-    sft_rows,
-    shift_conversations,
-)
+from eksft.cache import cache_root
 from eksft.demo.world import STYLES, Task
 from eksft.errors import UserError
+from eksft_demo import pipeline
+from eksft_demo.base_model import base_model_dir, ensure_base_model
+from eksft_demo.profiles import BASE_MODEL_FILE, PROFILES, BaseModelConfig
+from eksft_demo.progress import Progress
+from eksft_demo.world_data import grpo_rows, held_out_problems, pretraining_documents, sft_rows, shift_conversations
 
 # a base model that builds in about a second
 TINY = BaseModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
@@ -72,17 +65,17 @@ def test_cache_key_follows_the_config(tmp_path):
 
 def test_cache_dir_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("EKSFT_CACHE", str(tmp_path / "env"))
-    assert pipeline.cache_root() == tmp_path / "env"
-    assert pipeline.cache_root(tmp_path / "given") == tmp_path / "given"
+    assert cache_root() == tmp_path / "env"
+    assert cache_root(tmp_path / "given") == tmp_path / "given"
     monkeypatch.delenv("EKSFT_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert pipeline.cache_root() == tmp_path / "home" / ".cache" / "eksft"
+    assert cache_root() == tmp_path / "home" / ".cache" / "eksft"
 
 
 def test_base_model_is_built_once_then_taken_from_the_cache(tmp_path, monkeypatch):
     path, built = ensure_base_model(TINY, tmp_path)
-    assert built and (path / "config.json").is_file() and (path / pipeline.BASE_MODEL_FILE).is_file()
-    info = json.loads((path / pipeline.BASE_MODEL_FILE).read_text())
+    assert built and (path / "config.json").is_file() and (path / BASE_MODEL_FILE).is_file()
+    info = json.loads((path / BASE_MODEL_FILE).read_text())
     assert info["config"]["pretrain_steps"] == 2 and info["documents"] == 20 * len(STYLES) + 20
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no staging directory left behind
 
@@ -98,7 +91,7 @@ def test_an_unfinished_cache_entry_is_rebuilt(tmp_path):
     path.mkdir(parents=True)
     (path / "config.json").write_text("{}")  # e.g. an interrupted copy: no record of what was built
     assert ensure_base_model(TINY, tmp_path) == (path, True)
-    assert (path / pipeline.BASE_MODEL_FILE).is_file()
+    assert (path / BASE_MODEL_FILE).is_file()
 
 
 def test_progress_prints_stage_step_and_eta():

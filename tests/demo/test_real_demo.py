@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from eksft import cli
-from eksft.demo import real, real_data, real_report, real_texts
-from eksft.demo.real import RealProfile, final_answer_text
-from eksft.demo.real_texts import measure_texts, text_summary
 from eksft.errors import UserError
 from eksft.smollm2 import ensure_smollm2
+from eksft_demo import real, real_data, real_report, real_texts
+from eksft_demo.real import RealProfile, final_answer_text
+from eksft_demo.real_texts import measure_texts, text_summary
 
 MATH_WORDS = re.compile(r"\b(equations?|solve[sd]?|sums?|products?|multipl\w*|divid\w*|fractions?|integers?|"
                         r"algebra\w*|geometr\w*|triangles?|angles?|calculat\w*|comput\w*|numbers?|digits?|"

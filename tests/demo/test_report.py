@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from eksft.demo.report import BASE_OBJECTIVE, compare, render_report, render_table, summary, table_rows
+from eksft_demo.report import BASE_OBJECTIVE, compare, render_report, render_table, summary, table_rows
 
 N, PROBLEMS = 4, 20
 

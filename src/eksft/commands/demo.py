@@ -1,10 +1,10 @@
-"""``eksft demo``: the whole paper in miniature, offline, on a CPU (see ``eksft.demo.pipeline`` and docs/demo.md).
+"""``eksft demo``: the whole paper in miniature, offline, on a CPU (the ``eksft_demo`` application; docs/demo.md).
 
     eksft demo [--profile quick|full|real] [--output-dir DIR] [--seeds N] [--cache-dir DIR]
 
 Pre-trains (or takes from the cache) a tiny base model, fine-tunes it with several objectives on identical data,
 runs GRPO from each, evaluates every model, analyses drift and distribution shift, and writes ``DIR/report.md``.
-``--profile real`` runs the SFT comparison on SmolLM2-135M-Instruct instead (``eksft.demo.real``): no GRPO, one
+``--profile real`` runs the SFT comparison on SmolLM2-135M-Instruct instead (``eksft_demo.real``): no GRPO, one
 seed, held-out arithmetic word problems, and KL / NLL (forgetting) on held-out math and general text.
 """
 
@@ -25,11 +25,11 @@ from ..errors import UserError
 from .options import parse_options  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "demo-output"
-REAL = "real"  # the real-model profile (eksft.demo.real), not one of the tiny demo's PROFILES
+REAL = "real"  # the real-model profile (eksft_demo.real), not one of the tiny demo's PROFILES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..demo.pipeline import PROFILES
+    from eksft_demo.profiles import PROFILES
 
     parser = argparse.ArgumentParser(
         prog="eksft demo",
@@ -71,14 +71,14 @@ def main(argv: list[str]) -> int:
     if args.profile == REAL:
         if args.seeds != 1:
             raise UserError("--profile real runs one seed (each seed costs about 20 minutes on 2 cores); drop --seeds")
-        from ..demo.real import run_real_demo
+        from eksft_demo.real import run_real_demo
 
         report = run_real_demo(None, args.output_dir, cache_dir=args.cache_dir, overwrite=args.overwrite,
                                progress=not args.no_progress, threads=args.threads)  # fmt: skip
         print(f"report: {report}", flush=True)
         return 0
 
-    from ..demo.pipeline import run_demo
+    from eksft_demo.pipeline import run_demo
 
     report = run_demo(args.profile, args.output_dir, seeds=args.seeds, cache_dir=args.cache_dir,
                       overwrite=args.overwrite, progress=not args.no_progress, threads=args.threads)  # fmt: skip

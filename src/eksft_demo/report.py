@@ -24,8 +24,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..analysis.table import markdown_table, merge_seeds
-from ..evaluation.metrics import pass_at_k
+from eksft.analysis.table import markdown_table, merge_seeds
+from eksft.evaluation.metrics import pass_at_k
 
 __all__ = ["Comparison", "compare", "make_plots", "render_report", "summary", "table_rows"]
 
@@ -462,9 +462,9 @@ def make_plots(results: Mapping, output_dir: str | Path, token_values: Mapping |
 
     Training curves, drift and histograms show the first seed; pass@k curves are means over seeds.
     """
-    from ..analysis import plots
-    from ..analysis.token_sets import read_token_stats
-    from ..files import read_jsonl
+    from eksft.analysis import plots
+    from eksft.analysis.token_sets import read_token_stats
+    from eksft.files import read_jsonl
 
     output_dir = Path(output_dir)
     seed = results["seeds"][0]

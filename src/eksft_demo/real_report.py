@@ -1,13 +1,13 @@
 """The real-model profile's ``report.md``: the table, the forgetting numbers, the data sources and the verdicts.
 
-Input is the ``results`` dict that ``eksft.demo.real`` also saves as ``results.json``: the demo's ``models`` entries
+Input is the ``results`` dict that ``eksft_demo.real`` also saves as ``results.json``: the demo's ``models`` entries
 (``label``, ``objective``, ``stage`` base/sft, ``correct`` per problem, ``drift``...), plus ``texts``::
 
     {"math": {"base": {"kl": 0.0, "nll": 1.2, "entropy": 1.1, "nll_per_text": [...], ...}, "nll": {...}, ...},
      "general": {...}}
 
 Noise levels, as in the tiny demo's report: accuracy differences are paired over the evaluation problems
-(``eksft.demo.report.compare``); text differences are paired over the held-out texts (the per-text mean of each
+(``eksft_demo.report.compare``); text differences are paired over the held-out texts (the per-text mean of each
 measure). A difference is called real only when it exceeds twice its standard error.
 """
 
@@ -17,7 +17,8 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..analysis.table import markdown_table
+from eksft.analysis.table import markdown_table
+
 from .report import Comparison, _entries, _iou_sentence, _metric, _n, _names, _pct, compare
 from .report import make_plots as demo_plots
 
@@ -38,11 +39,11 @@ def data_description(profile) -> dict:
                 "(Task(1000003)), each with its `stepwise` solution ending in a boxed answer; the world assigns a "
                 "question to train or test by a hash of its text, so none is in both"),
         "math_text": (f"the problems and worked solutions of the first {profile.math_texts} level-3 problems of "
-                      "MATH-500 (eksft/demo/data/math500_level3.jsonl); MATH-500 is a test set, used here only because "
+                      "MATH-500 (eksft_demo/data/math500_level3.jsonl); MATH-500 is a test set, used here only because "
                       "it is the only math text with worked solutions available offline, and only to measure"),
         "general_text": (f"{profile.general_texts} short conversations on cooking, geography, writing, everyday "
                          "advice, nature and culture, hand-written for this demo "
-                         "(eksft/demo/data/general_conversations.jsonl)"),
+                         "(eksft_demo/data/general_conversations.jsonl)"),
     }  # fmt: skip
 
 
@@ -289,7 +290,7 @@ def _plot_text_deltas(results: Mapping, path: Path) -> bool:
     import numpy as np
     from matplotlib.figure import Figure
 
-    from ..analysis.plots import save_figure
+    from eksft.analysis.plots import save_figure
 
     objectives = _objectives(results)
     if not objectives or not results.get("texts"):

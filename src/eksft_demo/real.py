@@ -45,21 +45,14 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..errors import UserError
-from ..grading import extract_answer
-from .pipeline import (
-    Progress,
-    _check_output_dir,
-    _duration,
-    _finish,
-    _is_model_dir,
-    _quiet_libraries,
-    _quiet_trainer,
-    _staging,
-    _trainer_callback,
-)
+from eksft.errors import UserError
+from eksft.grading import extract_answer
+
+from .pipeline import _check_output_dir, _quiet_libraries
+from .progress import Progress, _duration, _trainer_callback
 from .real_data import KINDS, general_conversations, math_solutions, world_problems
 from .real_texts import measure_texts, text_summary, token_ids
+from .stages import _finish, _is_model_dir, _quiet_trainer, _staging
 
 __all__ = ["REAL_PROFILE", "RealProfile", "run_real_demo", "sft_rows"]
 
@@ -101,7 +94,7 @@ class RealProfile:
     estimates: dict = field(default_factory=dict, compare=False, hash=False)
 
     def validate(self) -> None:
-        from ..objectives import OBJECTIVES
+        from eksft.objectives import OBJECTIVES
 
         unknown = [name for name in self.objectives if name not in OBJECTIVES]
         if unknown or not self.objectives:
@@ -179,7 +172,7 @@ def train_sft(base_dir: Path, out_dir: Path, objective: str, rows: list[dict], p
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..trainer import EKSFTConfig, EKSFTTrainer
+    from eksft.trainer import EKSFTConfig, EKSFTTrainer
 
     staging = _staging(out_dir)
     try:
@@ -210,12 +203,12 @@ def evaluate_model(model_dir: Path, out_dir: Path, problems: list[dict], profile
     number of correct samples of each problem and how many samples gave a boxed answer."""
     from transformers import AutoTokenizer
 
-    from ..evaluation.benchmarks import Benchmark, BenchmarkSpec
-    from ..evaluation.benchmarks import Problem as EvalProblem
-    from ..evaluation.generation import HFGenerator, SamplingSettings
-    from ..evaluation.metrics import pass_at_k_table
-    from ..evaluation.runner import SAMPLES_FILE, EvalSettings, evaluate
-    from ..grading import grade_batch
+    from eksft.evaluation.benchmarks import Benchmark, BenchmarkSpec
+    from eksft.evaluation.benchmarks import Problem as EvalProblem
+    from eksft.evaluation.generation import HFGenerator, SamplingSettings
+    from eksft.evaluation.metrics import pass_at_k_table
+    from eksft.evaluation.runner import SAMPLES_FILE, EvalSettings, evaluate
+    from eksft.grading import grade_batch
 
     benchmark = Benchmark(BenchmarkSpec("world-test", f"eksft.demo.world test split, kinds {', '.join(KINDS)}"),
                           [EvalProblem(i, p["problem"], p["answer"]) for i, p in enumerate(problems)])  # fmt: skip
@@ -303,7 +296,7 @@ def _plan(profile: RealProfile, build_base: bool) -> list[tuple[str, float]]:
 
 
 def _write_json(path: Path, value) -> None:
-    from ..files import json_safe, write_text_atomic
+    from eksft.files import json_safe, write_text_atomic
 
     write_text_atomic(path, json.dumps(json_safe(value), indent=2) + "\n")
 
@@ -329,8 +322,8 @@ def run_real_demo(
     ``output_dir/report.md``; returns its path."""
     import torch
 
-    from ..smollm2 import _is_built as smollm2_is_built
-    from ..smollm2 import ensure_smollm2, smollm2_cache_dir
+    from eksft.smollm2 import _is_built as smollm2_is_built
+    from eksft.smollm2 import ensure_smollm2, smollm2_cache_dir
 
     profile = profile or REAL_PROFILE
     profile.validate()
@@ -381,7 +374,7 @@ def run_real_demo(
         results["plots"] = real_report.make_plots(results, output_dir)
         results["timings"]["total"] = round(time.monotonic() - started, 1)
         _write_json(output_dir / RESULTS_FILE, results)
-        from ..files import write_text_atomic
+        from eksft.files import write_text_atomic
 
         write_text_atomic(output_dir / REPORT_FILE, real_report.render_report(results))
         bar.end()
@@ -427,7 +420,7 @@ def _texts(profile: RealProfile, base_dir: Path, output_dir: Path, models: list[
     """KL / NLL / entropy on both kinds of held-out text, every model in one pass (saved, so a rerun skips it)."""
     from transformers import AutoTokenizer
 
-    from ..analysis.shift import load_model
+    from eksft.analysis.shift import load_model
 
     saved = output_dir / "runs" / "texts.json"
     previous = _read_json(saved)
@@ -452,8 +445,8 @@ def _texts(profile: RealProfile, base_dir: Path, output_dir: Path, models: list[
 
 def _analysis(profile: RealProfile, base_dir: Path, models: list[dict], bar: Progress, timings: dict) -> None:
     """Parameter drift of each SFT model (total and per layer) and the token-set summary of its training."""
-    from ..analysis.drift import parameter_drift
-    from ..analysis.token_sets import read_token_stats, set_summary
+    from eksft.analysis.drift import parameter_drift
+    from eksft.analysis.token_sets import read_token_stats, set_summary
 
     bar.begin("analysis", "parameter drift and token sets: model", len(profile.objectives))
     tick = time.monotonic()

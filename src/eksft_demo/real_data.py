@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from .world import Problem, Task
+from eksft.demo.world import Problem, Task
 
 __all__ = ["GENERAL_FILE", "KINDS", "MATH_FILE", "general_conversations", "math_solutions", "world_problems"]
 
@@ -29,7 +29,7 @@ SFT_SEED = 1_000_003  # the world's sft_dataset offset: a problem stream apart f
 
 
 def _read(name: str) -> list[dict]:
-    text = resources.files("eksft.demo").joinpath("data", name).read_text(encoding="utf-8")
+    text = resources.files("eksft_demo").joinpath("data", name).read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..errors import UserError
-from .pipeline import Progress
+from eksft.errors import UserError
+
+from .progress import Progress
 
 __all__ = ["measure_texts", "text_summary", "token_ids"]
 
@@ -25,7 +26,7 @@ def _encode_response(tokenizer, conversation: list[dict], max_length: int):
     """Input ids of the whole conversation and labels that keep only the assistant turn (the rest -100)."""
     import torch
 
-    from ..stats import IGNORE_INDEX
+    from eksft.stats import IGNORE_INDEX
 
     ids = token_ids(tokenizer, conversation)
     prompt = token_ids(tokenizer, conversation[:-1], add_generation_prompt=True)
@@ -48,7 +49,7 @@ def measure_texts(models: Mapping[str, object], base_model, tokenizer, conversat
     """
     import torch
 
-    from ..stats import token_stats
+    from eksft.stats import token_stats
 
     out = {label: {"tokens": [], "kl": [], "entropy": [], "nll": []} for label in ["base", *models]}
     modes = {label: m.training for label, m in [("base", base_model), *models.items()]}
