@@ -50,15 +50,22 @@ from eksft.grading import extract_answer
 
 from .pipeline import _check_output_dir, _quiet_libraries
 from .progress import Progress, _duration, _trainer_callback
-from .real_data import KINDS, general_conversations, math_solutions, world_problems
-from .real_texts import measure_texts, text_summary, token_ids
+from .real_data import (
+    KINDS,
+    eval_problems,
+    example_turns,
+    general_conversations,
+    held_out_conversations,
+    math_solutions,
+    prompt_turns,
+    sft_rows,
+)
+from .real_texts import measure_texts, text_summary
 from .stages import _finish, _is_model_dir, _quiet_trainer, _staging
 
-__all__ = ["REAL_PROFILE", "RealProfile", "run_real_demo", "sft_rows"]
+__all__ = ["REAL_PROFILE", "RealProfile", "final_answer_text", "run_real_demo"]
 
-SFT_STYLE = "stepwise"
 RESULTS_FILE, REPORT_FILE, SETTINGS_FILE = "results.json", "report.md", "demo.json"
-EXAMPLE_SEED = 7  # the one-shot example's problem stream (train split), apart from the SFT stream (seed 0)
 TEXT_KINDS = ("math", "general")
 
 
@@ -115,48 +122,6 @@ class RealProfile:
 REAL_PROFILE = RealProfile(
     estimates={"sft_step": 5.0, "eval_sample": 2.4, "text_model": 40.0, "model": 3.0, "drift": 2.0},
 )
-
-
-# ---- data ---------------------------------------------------------------------------------------------------------
-
-
-def example_turns() -> list[dict]:
-    """The one-shot example: a training-split ``sum`` problem of its own stream and its ``stepwise`` solution."""
-    example = world_problems("train", 1, EXAMPLE_SEED)[0]
-    return [{"role": "user", "content": example.question},
-            {"role": "assistant", "content": example.solution(SFT_STYLE)}]  # fmt: skip
-
-
-def prompt_turns(problem: str) -> list[dict]:
-    """The prompt every model gets (see the module docstring): the one-shot example, then the problem as the user
-    turn; no system turn of ours, so the template adds its own."""
-    return [*example_turns(), {"role": "user", "content": problem}]
-
-
-def sft_rows(profile: RealProfile, tokenizer) -> list[dict]:
-    """Conversational prompt-completion rows: ``sft_examples`` training-split problems with their ``stepwise``
-    solution. Each must fit ``sft_max_length`` tokens: a truncated solution would lose its boxed answer."""
-    rows = []
-    for problem in world_problems("train", profile.sft_examples, profile.seed):
-        prompt = prompt_turns(problem.question)
-        completion = [{"role": "assistant", "content": problem.solution(SFT_STYLE)}]
-        length = len(token_ids(tokenizer, prompt + completion))
-        if length > profile.sft_max_length:
-            raise UserError(f"an SFT example has {length} tokens, more than sft_max_length={profile.sft_max_length}")
-        rows.append({"prompt": prompt, "completion": completion, "answer": problem.gold})
-    return rows
-
-
-def eval_problems(profile: RealProfile) -> list[dict]:
-    """The held-out problems (test split), as ``{"problem", "answer"}``; the same for every model."""
-    return [{"problem": p.question, "answer": p.gold} for p in world_problems("test", profile.eval_problems)]
-
-
-def held_out_conversations(profile: RealProfile) -> dict[str, list[list[dict]]]:
-    """The two kinds of held-out text: level-3 MATH-500 problems with their solutions, and general conversations."""
-    math = [[{"role": "user", "content": row["problem"]}, {"role": "assistant", "content": row["solution"]}]
-            for row in math_solutions()[: profile.math_texts]]  # fmt: skip
-    return {"math": math, "general": general_conversations()[: profile.general_texts]}
 
 
 # ---- stages -------------------------------------------------------------------------------------------------------

@@ -18,13 +18,23 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from eksft.demo.world import Problem, Task
+from eksft.errors import UserError
 
-__all__ = ["GENERAL_FILE", "KINDS", "MATH_FILE", "general_conversations", "math_solutions", "world_problems"]
+from .real_texts import token_ids
+
+if TYPE_CHECKING:
+    from .real import RealProfile
+
+__all__ = ["GENERAL_FILE", "KINDS", "MATH_FILE", "eval_problems", "example_turns", "general_conversations",
+           "held_out_conversations", "math_solutions", "prompt_turns", "sft_rows", "world_problems"]
 
 MATH_FILE, GENERAL_FILE = "math500_level3.jsonl", "general_conversations.jsonl"
 KINDS = ("sum",)
+SFT_STYLE = "stepwise"  # the solution style of the SFT data and of the one-shot example
+EXAMPLE_SEED = 7  # the one-shot example's problem stream (train split), apart from the SFT stream (seed 0)
 SFT_SEED = 1_000_003  # the world's sft_dataset offset: a problem stream apart from the demo's other streams
 
 
@@ -53,3 +63,42 @@ def math_solutions() -> list[dict]:
 def general_conversations() -> list[list[dict]]:
     """The hand-written non-math conversations, each ``[user turn, assistant turn]``."""
     return [row["messages"] for row in _read(GENERAL_FILE)]
+
+
+def example_turns() -> list[dict]:
+    """The one-shot example: a training-split ``sum`` problem of its own stream and its ``stepwise`` solution."""
+    example = world_problems("train", 1, EXAMPLE_SEED)[0]
+    return [{"role": "user", "content": example.question},
+            {"role": "assistant", "content": example.solution(SFT_STYLE)}]  # fmt: skip
+
+
+def prompt_turns(problem: str) -> list[dict]:
+    """The prompt every model gets (see the module docstring): the one-shot example, then the problem as the user
+    turn; no system turn of ours, so the template adds its own."""
+    return [*example_turns(), {"role": "user", "content": problem}]
+
+
+def sft_rows(profile: RealProfile, tokenizer) -> list[dict]:
+    """Conversational prompt-completion rows: ``sft_examples`` training-split problems with their ``stepwise``
+    solution. Each must fit ``sft_max_length`` tokens: a truncated solution would lose its boxed answer."""
+    rows = []
+    for problem in world_problems("train", profile.sft_examples, profile.seed):
+        prompt = prompt_turns(problem.question)
+        completion = [{"role": "assistant", "content": problem.solution(SFT_STYLE)}]
+        length = len(token_ids(tokenizer, prompt + completion))
+        if length > profile.sft_max_length:
+            raise UserError(f"an SFT example has {length} tokens, more than sft_max_length={profile.sft_max_length}")
+        rows.append({"prompt": prompt, "completion": completion, "answer": problem.gold})
+    return rows
+
+
+def eval_problems(profile: RealProfile) -> list[dict]:
+    """The held-out problems (test split), as ``{"problem", "answer"}``; the same for every model."""
+    return [{"problem": p.question, "answer": p.gold} for p in world_problems("test", profile.eval_problems)]
+
+
+def held_out_conversations(profile: RealProfile) -> dict[str, list[list[dict]]]:
+    """The two kinds of held-out text: level-3 MATH-500 problems with their solutions, and general conversations."""
+    math = [[{"role": "user", "content": row["problem"]}, {"role": "assistant", "content": row["solution"]}]
+            for row in math_solutions()[: profile.math_texts]]  # fmt: skip
+    return {"math": math, "general": general_conversations()[: profile.general_texts]}

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from eksft.analysis.table import markdown_table
 
-from .report import Comparison, _entries, _iou_sentence, _metric, _n, _names, _pct, compare
-from .report import make_plots as demo_plots
+from .comparison import Comparison, _entries, _metric, _n, compare
+from .report_plots import make_plots as demo_plots
+from .verdicts import _iou_sentence, _names, _pct
 
 __all__ = ["data_description", "make_plots", "render_report", "summary", "table_rows", "text_comparison"]
 

@@ -26,13 +26,13 @@ def test_the_sets_are_valid_and_disjoint():
 
     profile = real.REAL_PROFILE
     tokenizer = AutoTokenizer.from_pretrained(ensure_smollm2()[0])
-    rows = real.sft_rows(profile, tokenizer)
-    problems = real.eval_problems(profile)
+    rows = real_data.sft_rows(profile, tokenizer)
+    problems = real_data.eval_problems(profile)
     assert len(rows) == profile.sft_examples and len(problems) == profile.eval_problems
     sft_questions = {r["prompt"][-1]["content"] for r in rows}
-    example = real.example_turns()
+    example = real_data.example_turns()
     assert example[0]["content"] not in sft_questions | {p["problem"] for p in problems}
-    eval_questions = {real.prompt_turns(p["problem"])[-1]["content"] for p in problems}
+    eval_questions = {real_data.prompt_turns(p["problem"])[-1]["content"] for p in problems}
     assert len(sft_questions) == len(rows) and len(eval_questions) == len(problems)
     assert not sft_questions & eval_questions  # train and test splits of the world
     for row in rows:
@@ -45,7 +45,7 @@ def test_the_sets_are_valid_and_disjoint():
     assert len(math) == 48 and {r["level"] for r in math} == {3}
     assert len({r["unique_id"] for r in math}) == len(math)
     assert all(r["problem"].strip() and "\\boxed" in r["solution"] for r in math)
-    texts = real.held_out_conversations(profile)
+    texts = real_data.held_out_conversations(profile)
     assert len(texts["math"]) == profile.math_texts and len(texts["general"]) == profile.general_texts
     held_out = {c[0]["content"] for kind in texts.values() for c in kind}
     assert not held_out & ({p["problem"] for p in problems} | sft_questions)
