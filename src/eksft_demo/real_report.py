@@ -7,7 +7,7 @@ Input is the ``results`` dict that ``eksft_demo.real`` also saves as ``results.j
      "general": {...}}
 
 Noise levels, as in the tiny demo's report: accuracy differences are paired over the evaluation problems
-(``eksft_demo.report.compare``); text differences are paired over the held-out texts (the per-text mean of each
+(``eksft_demo.comparison.compare``); text differences are paired over the held-out texts (the per-text mean of each
 measure). A difference is called real only when it exceeds twice its standard error.
 """
 

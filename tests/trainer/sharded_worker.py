@@ -26,7 +26,6 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from eksft.commands.recipe import finish
 from eksft.trainer import EKSFTConfig, EKSFTTrainer
 
 
@@ -152,7 +151,7 @@ def main() -> None:
     trainer.add_callback(RecordSharding(trainer, Path(args.out) / "sharding.json"))
     trainer.train(resume_from_checkpoint=args.resume)
     trainer.save_model(args.out)
-    finish(trainer)  # as `eksft sft` ends a run: wrappers released, then the process group (a clean exit)
+    trainer.end_run()  # as `eksft sft` ends a run: wrappers released, then the process group (a clean exit)
 
 
 if __name__ == "__main__":

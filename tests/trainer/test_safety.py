@@ -16,11 +16,11 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl
 
 from eksft.cli import main
-from eksft.commands.recipe import FINAL_STAGING, resume_command, save_final_model
+from eksft.commands.recipe import resume_command
 from eksft.errors import UserError
 from eksft.loading import load_tokenizer
 from eksft.trainer import EKSFTConfig, EKSFTTrainer
-from eksft.trainer.checkpoints import AtomicCheckpoints, last_complete_checkpoint, resolve_checkpoint
+from eksft.trainer.checkpoints import FINAL_STAGING, AtomicCheckpoints, last_complete_checkpoint, resolve_checkpoint
 from eksft.trainer.grpo_trainer import GRPOConfig
 from eksft.trainer.safety import TrainingGuard
 
@@ -218,7 +218,7 @@ def test_the_final_model_gets_its_config_last(tiny_model, messages_dataset, make
     trainer.save_model(str(plain))
     (out / "checkpoint-1").mkdir(parents=True)
     (out / "model-00001-of-00002.safetensors").write_text("a shard of an earlier model")
-    save_final_model(trainer, str(out))
+    trainer.save_final_model(str(out))
 
     def files(folder):
         return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
@@ -238,14 +238,14 @@ def test_the_final_model_gets_its_config_last(tiny_model, messages_dataset, make
 
     monkeypatch.setattr(os, "replace", replace_then_die)
     with pytest.raises(KeyboardInterrupt):
-        save_final_model(trainer, str(out))
+        trainer.save_final_model(str(out))
     monkeypatch.undo()
     assert not (out / "config.json").exists() and (out / FINAL_STAGING / "config.json").is_file()
     with pytest.raises(UserError, match="is not a model directory: it has no config.json"):
         load_tokenizer(str(out))
 
     # killed during the save itself: the previous model stays as it was; the next save cleans up
-    save_final_model(trainer, str(out))
+    trainer.save_final_model(str(out))
     save_model = trainer.save_model
 
     def half_a_save(path, **kwargs):
@@ -255,5 +255,29 @@ def test_the_final_model_gets_its_config_last(tiny_model, messages_dataset, make
 
     monkeypatch.setattr(trainer, "save_model", half_a_save)
     with pytest.raises(KeyboardInterrupt):
-        save_final_model(trainer, str(out))
+        trainer.save_final_model(str(out))
     assert files(out) == files(plain)
+
+
+def test_the_final_model_is_pushed_without_saving_it_again(tiny_model, messages_dataset, make_config, tmp_path,
+                                                           monkeypatch):  # fmt: skip
+    trainer = EKSFTTrainer(tiny_model, args=make_config(max_steps=1), train_dataset=messages_dataset)
+    saves, pushes = [], []
+    trainer_save = Trainer.save_model
+
+    def recorded_save(self, output_dir=None, _internal_call=False):  # every save that writes files
+        saves.append(output_dir)
+        return trainer_save(self, output_dir, _internal_call)
+
+    monkeypatch.setattr(Trainer, "save_model", recorded_save)
+
+    def push_to_hub(commit_message=None, revision=None):  # as the Trainer's: save, then upload output_dir
+        trainer.save_model(trainer.args.output_dir)
+        pushes.append((commit_message, sorted(os.listdir(trainer.args.output_dir))))
+
+    monkeypatch.setattr(trainer, "push_to_hub", push_to_hub)
+    trainer.args.push_to_hub = True
+    trainer.save_final_model()
+    out = trainer.args.output_dir
+    assert saves == [os.path.join(out, FINAL_STAGING)]  # once, into the staging directory; not again for the push
+    assert pushes and pushes[0][0] == "Model save" and "config.json" in pushes[0][1]

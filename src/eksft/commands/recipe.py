@@ -9,13 +9,10 @@ import ast
 import os
 import re
 import shlex
-import shutil
 import sys
 
 from ..errors import UserError
 from ..files import check_writable
-
-FINAL_STAGING = ".final.partial"  # inside output_dir: same file system, and hidden from checkpoint globs
 
 
 def parse_recipe(dataclass_types: tuple, argv: list[str], prog: str) -> tuple:
@@ -114,57 +111,16 @@ def train_and_save(trainer, resume: str | None, prog: str, argv: list[str]) -> i
     try:
         trainer.train(resume_from_checkpoint=resume)
     except TrainingInterrupted as stop:
-        if trainer.is_world_process_zero():  # before `finish`: a launcher may tear the others down once one exits
+        if trainer.is_world_process_zero():  # before `end_run`: a launcher may tear the others down once one exits
             print(f"{prog}: {stop}; the model was not saved as final. Resume with:\n  {resume_command(prog, argv)}",
                   file=sys.stderr, flush=True)  # fmt: skip
-        finish(trainer)
+        trainer.end_run()
         return 128 + stop.signum
     except NonFiniteTrainingError:
-        finish(trainer)
+        trainer.end_run()
         raise
-    save_final_model(trainer, trainer.args.output_dir)  # with the tokenizer (the trainer's processing_class)
+    trainer.save_final_model()  # with the tokenizer (the trainer's processing_class)
     if trainer.is_world_process_zero():
         print(f"saved the model to {trainer.args.output_dir}", flush=True)
-    finish(trainer)
+    trainer.end_run()
     return 0
-
-
-def save_final_model(trainer, output_dir: str) -> None:
-    """``trainer.save_model(output_dir)``, but a kill at any moment leaves either the previous model or a directory
-    without ``config.json`` (which every reader refuses as "not a model directory"), never a half-written model.
-
-    Every process saves into ``<output_dir>/.final.partial`` (FSDP and DeepSpeed gather the weights together); the
-    process that writes then moves the files into ``output_dir`` (``eksft.trainer.checkpoints.publish_model``).
-    With ``push_to_hub`` the model is then uploaded as ``trainer.save_model`` would have, without saving it again.
-    """
-    from ..trainer.checkpoints import publish_model
-
-    staging = os.path.join(output_dir, FINAL_STAGING)
-    if trainer.args.should_save:
-        shutil.rmtree(staging, ignore_errors=True)  # left by a run killed in the middle of this
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(staging, _internal_call=True)  # _internal_call: no push of output_dir, staging included
-    trainer.accelerator.wait_for_everyone()
-    if trainer.args.should_save:
-        publish_model(staging, output_dir)
-    trainer.accelerator.wait_for_everyone()
-    if trainer.args.push_to_hub:
-        trainer.save_model = lambda *args, **kwargs: None  # push_to_hub saves first: the model is there already
-        try:
-            trainer.push_to_hub(commit_message="Model save", revision=trainer.args.hub_revision)
-        finally:
-            del trainer.save_model
-
-
-def finish(trainer) -> None:
-    """Wait for every process, then end the run: trackers, and the process group (transformers >= 5.18).
-
-    The DDP wrapper is released first. Otherwise its reducer can be the last owner of a gloo process group and destroy
-    it while holding the GIL, which deadlocks with gloo's worker threads (pytorch/pytorch#56297): on CPUs about one
-    two-process run in four hung at exit.
-    """
-    trainer.accelerator.wait_for_everyone()
-    trainer.model_wrapped = trainer.model
-    trainer.accelerator.free_memory()  # drops the accelerator's references to the wrapper, then collects garbage
-    if hasattr(trainer, "end"):
-        trainer.end()

@@ -32,6 +32,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from ..errors import UserError
 from ..files import replace_directory
 
+FINAL_STAGING = ".final.partial"  # inside output_dir: same file system, and hidden from checkpoint globs
 EXTRA_STATE_NAME = "eksft_state.json"  # in a checkpoint, next to trainer_state.json (AtomicCheckpoints._extra_state)
 CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 # staging directories and the `.checkpoint-N.old-*` that `replace_directory` uses when checkpoint-N already exists
@@ -153,6 +154,7 @@ class AtomicCheckpoints:
 
     _checkpoint_staging: str | None = None
     _push_pending = False
+    _model_in_place = False  # save_final_model has put the model in output_dir: push_to_hub need not save it again
 
     def _extra_state(self) -> dict:
         """What the trainer needs back on a resume beyond the Trainer's own state (saved as ``EXTRA_STATE_NAME``)."""
@@ -160,6 +162,37 @@ class AtomicCheckpoints:
 
     def _restore_extra_state(self, checkpoint: str) -> None:
         """Read back what ``_extra_state`` saved in ``checkpoint`` (called by ``SafeTraining.train`` on a resume)."""
+
+    def save_final_model(self, output_dir: str | None = None) -> None:
+        """``save_model(output_dir)`` (default ``args.output_dir``), but a kill at any moment leaves either the previous
+        model or a directory without ``config.json`` (which every reader refuses as "not a model directory"), never a
+        half-written model.
+
+        Every process saves into ``<output_dir>/.final.partial`` (FSDP and DeepSpeed gather the weights together);
+        the process that writes then moves the files into ``output_dir`` (``publish_model``). With ``push_to_hub`` the
+        model is then uploaded as ``save_model`` would have, without saving it again.
+        """
+        output_dir = output_dir or self.args.output_dir
+        staging = os.path.join(output_dir, FINAL_STAGING)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a run killed in the middle of this
+        self.accelerator.wait_for_everyone()
+        self.save_model(staging, _internal_call=True)  # _internal_call: no push of output_dir, staging included
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            publish_model(staging, output_dir)
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub:
+            self._model_in_place = True
+            try:
+                self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+            finally:
+                self._model_in_place = False
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if self._model_in_place:  # push_to_hub saves before it uploads: the model is in place already
+            return
+        super().save_model(output_dir, _internal_call)
 
     def _get_output_dir(self, trial) -> str:
         return self._checkpoint_staging or super()._get_output_dir(trial)

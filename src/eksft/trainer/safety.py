@@ -267,6 +267,19 @@ class SafeTraining(AtomicCheckpoints):
             raise TrainingInterrupted(self.guard.stop_signal, self.state.global_step, checkpoint)
         return output
 
+    def end_run(self) -> None:
+        """Wait for every process, then end the run: trackers, and the process group (transformers >= 5.18).
+
+        The DDP wrapper is released first. Otherwise its reducer can be the last owner of a gloo process group and
+        destroy it while holding the GIL, which deadlocks with gloo's worker threads (pytorch/pytorch#56297): on CPUs
+        about one two-process run in four hung at exit.
+        """
+        self.accelerator.wait_for_everyone()
+        self.model_wrapped = self.model
+        self.accelerator.free_memory()  # drops the accelerator's references to the wrapper, then collects garbage
+        if hasattr(self, "end"):
+            self.end()
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.guard.note_loss(loss)
