@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import time
 from dataclasses import asdict
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from eksft.cache import cache_root
 from eksft.errors import UserError
+from eksft.files import fresh_sibling
 
 from .profiles import BASE_MODEL_FILE, CORPUS_VERSION, BaseModelConfig
 from .progress import Progress
@@ -56,7 +56,7 @@ def ensure_base_model(config: BaseModelConfig, cache_dir: str | os.PathLike | No
 
     start = time.monotonic()
     # built under a temporary name and renamed: the cache never holds a half-trained model under the real name
-    staging = path.parent / f".{path.name}.build-{os.getpid()}-{secrets.token_hex(4)}"
+    staging = fresh_sibling(path, "build")
     try:
         result = build_tiny_model(
             staging / "model", pretrain_steps=config.pretrain_steps, seed=config.seed,

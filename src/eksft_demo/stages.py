@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 import shutil
 from pathlib import Path
 
 from eksft.demo.world import Problem
+from eksft.files import fresh_sibling, replace_directory
 
 from .profiles import Profile
 from .progress import Progress, _trainer_callback
@@ -16,15 +15,11 @@ from .progress import Progress, _trainer_callback
 def _staging(final: Path) -> Path:
     """A fresh hidden sibling of ``final``: stages write there and rename, so a finished directory is complete."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    staging.mkdir()
-    return staging
+    return fresh_sibling(final, "tmp")
 
 
 def _finish(staging: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(staging, final)
+    replace_directory(staging, final)  # an older ``final`` (a run that is being redone) goes only once this is in
 
 
 def _is_model_dir(path: Path) -> bool:

@@ -14,13 +14,14 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_RECIPES = ["eksft_qwen3_4b.yaml", "eksft_qwen3_8b.yaml", "eksft_qwen3_4b_lora.yaml"]
 
 
-def test_every_objective_parameter_is_a_config_field_with_the_same_default():
+def test_every_objective_parameter_is_a_config_field_with_the_same_default_and_help():
     config_fields = {f.name: f for f in dataclasses.fields(EKSFTConfig)}
     for param in dataclasses.fields(ObjectiveParams):
         assert param.name in config_fields, param.name
         assert config_fields[param.name].default == param.default, param.name
-        assert config_fields[param.name].metadata.get("help"), param.name
+        assert config_fields[param.name].metadata["help"] == param.metadata["help"] != "", param.name
     assert EKSFTConfig(output_dir="o", use_cpu=True).objective_params() == ObjectiveParams()
+    assert list(config_fields)[0] == "output_dir" and EKSFTConfig("o", use_cpu=True).output_dir == "o"  # as SFTConfig
 
 
 @pytest.mark.parametrize(

@@ -27,24 +27,43 @@ from ..stats import TokenStats, max_entropy
 NORMALIZATIONS = ("mean", "token")
 
 
+def _param(default, help: str):
+    """A hyper-parameter: its default and its help, declared once (``EKSFTConfig`` takes both from here)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class ObjectiveParams:
+    """Every objective's hyper-parameters: defaults, help and validation in one place. ``EKSFTConfig`` has a field of
+    each (so YAML recipes and command-line flags reach them) built from these."""
+
     # EKSFT and its ablations
-    rho: float = 0.2  # fraction of valid tokens in each of the entropy and KL sets, k = floor(rho * N)
-    lambda_entropy: float = 0.05  # weight of the entropy bonus on the entropy set
-    lambda_kl: float = 0.05  # weight of the KL(policy || reference) penalty on the KL set
-    combine: str = "union"  # masked = E | K ("union", the paper) or E & K ("intersection")
-    scope: str = "batch"  # select over the micro-batch ("batch") or within each sequence ("sequence")
-    normalize_entropy: bool = True  # divide the entropy term by log|V|
-    kl_floor: float = 1e-6  # positions with KL <= kl_floor are never in the KL set
-    entropy_largest: bool = True  # E takes the largest entropies (False: the smallest)
-    kl_largest: bool = True  # K takes the largest KLs (False: the smallest above the floor)
-    normalization: str = "mean"  # "mean" per token set, or "token": sums / num_items_in_batch
+    rho: float = _param(0.2, "EKSFT: fraction of valid tokens in each of the entropy and KL sets, k = floor(rho * N).")
+    lambda_entropy: float = _param(0.05, "EKSFT: weight of the entropy bonus on the entropy set.")
+    lambda_kl: float = _param(0.05, "EKSFT: weight of the KL(policy || reference) penalty on the KL set.")
+    combine: str = _param("union", "EKSFT: masked tokens are the 'union' (the paper) or the 'intersection' of the two "
+                          "sets.")  # fmt: skip
+    scope: str = _param("batch", "EKSFT: select tokens over the whole micro-batch ('batch') or within each "
+                        "'sequence'.")  # fmt: skip
+    normalize_entropy: bool = _param(True, "EKSFT: divide the entropy term by log|V|.")
+    kl_floor: float = _param(1e-6, "EKSFT: positions whose KL is not above this floor are never in the KL set.")
+    entropy_largest: bool = _param(True, "EKSFT ablation: the entropy set takes the largest entropies (False: the "
+                                   "smallest).")  # fmt: skip
+    kl_largest: bool = _param(True, "EKSFT ablation: the KL set takes the largest KLs (False: the smallest above the "
+                              "floor).")  # fmt: skip
+    normalization: str = _param(
+        "mean",
+        "'mean': every term is a mean over its token set of the micro-batch (the paper's formulas). 'token': sums "
+        "divided by the number of response tokens of the whole accumulated batch, so gradient accumulation equals one "
+        "large batch. Under 'token' the entropy and KL terms, summed over at most a fraction rho of the tokens, weigh "
+        "about rho times what they weigh under 'mean' (0.2x at rho=0.2): divide lambda_entropy and lambda_kl by rho "
+        "to keep the paper's balance.",
+    )
     # baselines
-    asft_lambda: float = 0.05  # ASFT: weight of KL(policy || reference) added to DFT
-    iw_clip: float = 16.0  # iw_sft: sequence weights are clamped to [0, iw_clip]
-    eaft_top_k: int = 20  # EAFT: entropy over the top-k tokens, normalised by log k
-    rho1_ratio: float = 0.6  # Rho-1: fraction of tokens kept, by largest excess loss
+    asft_lambda: float = _param(0.05, "asft: weight of KL(policy || reference) added to DFT.")
+    iw_clip: float = _param(16.0, "iw_sft: sequence weights are clamped to [0, iw_clip].")
+    eaft_top_k: int = _param(20, "eaft: the entropy is taken over the policy's top-k tokens, normalised by log k.")
+    rho1_ratio: float = _param(0.6, "rho1: fraction of tokens kept, by largest excess loss over the reference.")
 
     def __post_init__(self):
         def check(ok: bool, name: str, requirement: str):

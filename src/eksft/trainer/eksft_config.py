@@ -1,14 +1,15 @@
 """Configuration of ``EKSFTTrainer``: TRL's ``SFTConfig`` plus the objective, its hyper-parameters and the reference.
 
-Every ``ObjectiveParams`` field is a field here with the same name and default, so a YAML recipe or a command-line
-flag reaches the objective unchanged. The hyper-parameters are validated when the config is built, before any model
+Every ``ObjectiveParams`` field is a field here with the same name, default and help (generated from it, not written
+twice), so a YAML recipe or a command-line flag reaches the objective unchanged. The hyper-parameters are validated when the config is built, before any model
 is loaded: a bad ``rho`` fails with the field name and the value.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import get_type_hints
 
 from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
@@ -17,16 +18,24 @@ from ..objectives import OBJECTIVES, ObjectiveParams
 from .reference import REF_MODEL_MODES
 from .safety import DEFAULT_MAX_NONFINITE_STEPS, MAX_NONFINITE_STEPS_HELP, check_max_nonfinite_steps
 
+# The objective's hyper-parameters as config fields: names, types, defaults and help taken from ObjectiveParams
+ObjectiveArguments = make_dataclass(
+    "ObjectiveArguments",
+    [(f.name, get_type_hints(ObjectiveParams)[f.name], field(default=f.default, metadata=dict(f.metadata)))
+     for f in fields(ObjectiveParams)],
+)  # fmt: skip
+
 
 @dataclass
-class EKSFTConfig(SFTConfig):
+class EKSFTConfig(ObjectiveArguments, SFTConfig):
     r"""
     Configuration class for [`EKSFTTrainer`]: every [`trl.SFTConfig`] parameter, plus the ones below.
 
     > Parameters that control the objective
 
     loss_type: training objective, a name of `eksft.objectives.OBJECTIVES` (default `"eksft"`).
-    rho ... rho1_ratio: the objective's hyper-parameters (`eksft.objectives.ObjectiveParams`).
+    rho ... rho1_ratio: the objective's hyper-parameters, declared once in `eksft.objectives.ObjectiveParams` (default,
+        help, validation) and made fields here by `ObjectiveArguments`.
 
     > Parameters that control the reference model
 
@@ -56,68 +65,7 @@ class EKSFTConfig(SFTConfig):
         default="eksft",
         metadata={"help": f"Training objective, one of: {', '.join(OBJECTIVES)}."},
     )
-    rho: float = field(
-        default=0.2,
-        metadata={"help": "EKSFT: fraction of valid tokens in each of the entropy and KL sets, k = floor(rho * N)."},
-    )
-    lambda_entropy: float = field(
-        default=0.05,
-        metadata={"help": "EKSFT: weight of the entropy bonus on the entropy set."},
-    )
-    lambda_kl: float = field(
-        default=0.05,
-        metadata={"help": "EKSFT: weight of the KL(policy || reference) penalty on the KL set."},
-    )
-    combine: str = field(
-        default="union",
-        metadata={"help": "EKSFT: masked tokens are the 'union' (the paper) or the 'intersection' of the two sets."},
-    )
-    scope: str = field(
-        default="batch",
-        metadata={"help": "EKSFT: select tokens over the whole micro-batch ('batch') or within each 'sequence'."},
-    )
-    normalize_entropy: bool = field(
-        default=True,
-        metadata={"help": "EKSFT: divide the entropy term by log|V|."},
-    )
-    kl_floor: float = field(
-        default=1e-6,
-        metadata={"help": "EKSFT: positions whose KL is not above this floor are never in the KL set."},
-    )
-    entropy_largest: bool = field(
-        default=True,
-        metadata={"help": "EKSFT ablation: the entropy set takes the largest entropies (False: the smallest)."},
-    )
-    kl_largest: bool = field(
-        default=True,
-        metadata={"help": "EKSFT ablation: the KL set takes the largest KLs (False: the smallest above the floor)."},
-    )
-    normalization: str = field(
-        default="mean",
-        metadata={
-            "help": "'mean': every term is a mean over its token set of the micro-batch (the paper's formulas). "
-            "'token': sums divided by the number of response tokens of the whole accumulated batch, so gradient "
-            "accumulation equals one large batch. Under 'token' the entropy and KL terms, summed over at most a "
-            "fraction rho of the tokens, weigh about rho times what they weigh under 'mean' (0.2x at rho=0.2): "
-            "divide lambda_entropy and lambda_kl by rho to keep the paper's balance."
-        },
-    )
-    asft_lambda: float = field(
-        default=0.05,
-        metadata={"help": "asft: weight of KL(policy || reference) added to DFT."},
-    )
-    iw_clip: float = field(
-        default=16.0,
-        metadata={"help": "iw_sft: sequence weights are clamped to [0, iw_clip]."},
-    )
-    eaft_top_k: int = field(
-        default=20,
-        metadata={"help": "eaft: the entropy is taken over the policy's top-k tokens, normalised by log k."},
-    )
-    rho1_ratio: float = field(
-        default=0.6,
-        metadata={"help": "rho1: fraction of tokens kept, by largest excess loss over the reference."},
-    )
+    # ... and every field of ObjectiveParams (rho, lambda_entropy, ..., rho1_ratio), from ObjectiveArguments
 
     # Parameters that control the reference model
     ref_model_mode: str = field(
