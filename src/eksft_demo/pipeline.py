@@ -38,11 +38,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from eksft.errors import UserError
+from eksft.loading import load_tokenizer
 
 from .base_model import _is_built, base_model_dir, base_model_info, ensure_base_model
 from .profiles import PROFILES, Profile
 from .progress import Progress, _duration
-from .stages import GRPO_LOG_FILE, _is_model_dir, _tokenizer, evaluate_model, rl_reward_summary, train_grpo, train_sft
+from .stages import GRPO_LOG_FILE, _is_model_dir, evaluate_model, rl_reward_summary, train_grpo, train_sft
 from .world_data import grpo_rows, held_out_problems, sft_rows, shift_conversations
 
 RESULTS_FILE, REPORT_FILE, SETTINGS_FILE = "results.json", "report.md", "demo.json"
@@ -217,7 +218,7 @@ def run_demo(
                                "path": str(path), **result})  # fmt: skip
             # 5. analysis: drift and distribution shift from the base, token sets of SFT training
             base_model = load_model(base_dir, "cpu", "float32")
-            tokenizer = _tokenizer(base_dir)
+            tokenizer = load_tokenizer(str(base_dir))
             texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
             for entry in models:
                 if entry["seed"] != seed or entry["stage"] == "base":

@@ -47,6 +47,7 @@ from pathlib import Path
 
 from eksft.errors import UserError
 from eksft.grading import extract_answer
+from eksft.loading import load_tokenizer
 
 from .pipeline import _check_output_dir, _quiet_libraries
 from .progress import Progress, _duration, _trainer_callback
@@ -135,13 +136,13 @@ def train_sft(base_dir: Path, out_dir: Path, objective: str, rows: list[dict], p
     fraction of the rate, and the point is to see what each objective does with the same update budget."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from eksft.trainer import EKSFTConfig, EKSFTTrainer
 
     staging = _staging(out_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        tokenizer = load_tokenizer(str(base_dir))
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         config = EKSFTConfig(
             output_dir=str(staging), loss_type=objective, seed=profile.seed, data_seed=profile.seed,
@@ -166,7 +167,6 @@ def evaluate_model(model_dir: Path, out_dir: Path, problems: list[dict], profile
                    progress: Progress) -> dict:  # fmt: skip
     """avg@n / pass@k with ``eksft.evaluation`` (resumable ``samples.jsonl`` in ``out_dir``): the metrics, the
     number of correct samples of each problem and how many samples gave a boxed answer."""
-    from transformers import AutoTokenizer
 
     from eksft.evaluation.benchmarks import Benchmark, BenchmarkSpec
     from eksft.evaluation.benchmarks import Problem as EvalProblem
@@ -183,7 +183,7 @@ def evaluate_model(model_dir: Path, out_dir: Path, problems: list[dict], profile
         seed=profile.seed, prompt_template="{problem}", system_prompt=f"(one-shot) {example_turns()}",
         batch_size=profile.eval_batch_size,
     )  # fmt: skip  # the system_prompt field only records the example in run.json: prompt_of builds the prompt
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(str(model_dir))
     sampling = SamplingSettings(settings.temperature, settings.top_p, settings.max_new_tokens)
     generator: list = []  # loaded at the first call: a resumed run with every sample on disk never loads the model
 
@@ -351,11 +351,10 @@ def run_real_demo(
 
 def _sft_and_eval(profile: RealProfile, base_dir: Path, output_dir: Path, bar: Progress,
                   timings: dict) -> list[dict]:  # fmt: skip
-    from transformers import AutoTokenizer
 
     runs = output_dir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    rows = sft_rows(profile, AutoTokenizer.from_pretrained(base_dir))
+    rows = sft_rows(profile, load_tokenizer(str(base_dir)))
     _write_json(runs / "sft_data.json", rows)
     for objective in profile.objectives:
         out = runs / f"sft-{objective}"
@@ -383,7 +382,6 @@ def _sft_and_eval(profile: RealProfile, base_dir: Path, output_dir: Path, bar: P
 def _texts(profile: RealProfile, base_dir: Path, output_dir: Path, models: list[dict], bar: Progress,
            timings: dict) -> dict:  # fmt: skip
     """KL / NLL / entropy on both kinds of held-out text, every model in one pass (saved, so a rerun skips it)."""
-    from transformers import AutoTokenizer
 
     from eksft.analysis.shift import load_model
 
@@ -392,7 +390,7 @@ def _texts(profile: RealProfile, base_dir: Path, output_dir: Path, models: list[
     labels = [m["label"] for m in models if m["stage"] == "sft"]
     if isinstance(previous, dict) and all(set(previous.get(kind, {})) == {"base", *labels} for kind in TEXT_KINDS):
         return previous
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer = load_tokenizer(str(base_dir))
     base_model = load_model(base_dir, "cpu", "float32")
     loaded = {m["label"]: load_model(m["path"], "cpu", "float32") for m in models if m["stage"] == "sft"}
     conversations = held_out_conversations(profile)

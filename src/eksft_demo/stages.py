@@ -7,6 +7,7 @@ from pathlib import Path
 
 from eksft.demo.world import Problem
 from eksft.files import fresh_sibling, replace_directory
+from eksft.loading import load_tokenizer
 
 from .profiles import Profile
 from .progress import Progress, _trainer_callback
@@ -31,13 +32,13 @@ def train_sft(base_dir: Path, out_dir: Path, objective: str, rows: list[dict], p
     """One SFT run from the base model; the model, its tokenizer and ``token_stats.jsonl`` end up in ``out_dir``."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from eksft.trainer import EKSFTConfig, EKSFTTrainer
 
     staging = _staging(out_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        tokenizer = load_tokenizer(str(base_dir))
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         config = EKSFTConfig(
             output_dir=str(staging), loss_type=objective, seed=seed, data_seed=seed,
@@ -72,14 +73,13 @@ def train_grpo(sft_dir: Path, out_dir: Path, rows: list[dict], profile: Profile,
     """GRPO from one SFT model; the model, its tokenizer and ``grpo_log.jsonl`` (per-step metrics) in ``out_dir``."""
     import torch
     from datasets import Dataset
-    from transformers import AutoTokenizer
 
     from eksft.grpo import build_trainer
     from eksft.trainer.grpo_trainer import GRPOConfig
 
     staging = _staging(out_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+        tokenizer = load_tokenizer(str(sft_dir))
         config = GRPOConfig(
             output_dir=str(staging), seed=seed, max_steps=profile.grpo_steps,
             num_generations=profile.grpo_generations,
@@ -105,7 +105,6 @@ def evaluate_model(model_dir: Path, out_dir: Path, problems: list[Problem], prof
                    progress: Progress) -> dict:  # fmt: skip
     """avg@n / pass@k on the test problems with ``eksft.evaluation`` (resumable ``samples.jsonl`` in ``out_dir``);
     returns the metrics, the number of correct samples of each problem, and how many samples ended in a box."""
-    from transformers import AutoTokenizer
 
     from eksft.evaluation.benchmarks import Benchmark, BenchmarkSpec
     from eksft.evaluation.benchmarks import Problem as EvalProblem
@@ -119,7 +118,7 @@ def evaluate_model(model_dir: Path, out_dir: Path, problems: list[Problem], prof
         temperature=profile.eval_temperature, top_p=profile.eval_top_p, max_new_tokens=profile.eval_max_new_tokens,
         seed=seed, prompt_template="{problem}", batch_size=profile.eval_batch_size,
     )  # fmt: skip
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(str(model_dir))
     sampling = SamplingSettings(settings.temperature, settings.top_p, settings.max_new_tokens)
     generator = HFGenerator(str(model_dir), tokenizer, sampling, device="cpu", dtype="float32")
 
@@ -153,9 +152,3 @@ def rl_reward_summary(log: Path) -> dict | None:
         return None
     window = max(1, len(rewards) // 4)
     return {"first": sum(rewards[:window]) / window, "last": sum(rewards[-window:]) / window, "steps": len(rewards)}
-
-
-def _tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
