@@ -143,13 +143,13 @@ def load_prompts(args: GRPODataArguments):
 def build_trainer(model, config, train_dataset, reward_funcs: list[str] | None = None, **kwargs):
     """A GRPO trainer with our rewards; ``model`` is a path (loaded by TRL) or a model object.
 
-    The trainer is ``eksft.trainer.grpo_trainer.GRPOTrainer``: TRL's, plus the safety net of ``eksft sft`` (NaN/inf
+    The trainer is ``eksft.trainer.grpo_trainer.SafeGRPOTrainer``: TRL's, plus the safety net of ``eksft sft`` (NaN/inf
     steps skipped, SIGINT/SIGTERM save a checkpoint, atomic checkpoints, safetensors only); ``config`` is a
-    ``trl.GRPOConfig``, or eksft's ``GRPOConfig`` for ``max_nonfinite_steps``.
+    ``trl.GRPOConfig``, or ``SafeGRPOConfig`` for ``max_nonfinite_steps`` and ``log_file``.
     """
-    from .trainer.grpo_trainer import GRPOTrainer
+    from .trainer.grpo_trainer import SafeGRPOTrainer
 
-    return GRPOTrainer(
+    return SafeGRPOTrainer(
         model=model, reward_funcs=reward_functions(reward_funcs or ["accuracy"]), args=config,
         train_dataset=train_dataset, **kwargs,
     )  # fmt: skip

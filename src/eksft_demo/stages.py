@@ -75,12 +75,12 @@ def train_grpo(sft_dir: Path, out_dir: Path, rows: list[dict], profile: Profile,
     from datasets import Dataset
 
     from eksft.grpo import build_trainer
-    from eksft.trainer.grpo_trainer import GRPOConfig
+    from eksft.trainer.grpo_trainer import SafeGRPOConfig
 
     staging = _staging(out_dir)
     try:
         tokenizer = load_tokenizer(str(sft_dir))
-        config = GRPOConfig(
+        config = SafeGRPOConfig(
             output_dir=str(staging), seed=seed, max_steps=profile.grpo_steps,
             num_generations=profile.grpo_generations,
             per_device_train_batch_size=profile.grpo_prompts_per_step * profile.grpo_generations,

@@ -33,7 +33,7 @@ from eksft import cli, grpo
 from eksft.trainer import EKSFTConfig, EKSFTTrainer
 from eksft.trainer import checkpoints as checkpoints_module
 from eksft.trainer.checkpoints import last_complete_checkpoint
-from eksft.trainer.grpo_trainer import GRPOConfig, GRPOTrainer
+from eksft.trainer.grpo_trainer import SafeGRPOConfig, SafeGRPOTrainer
 from eksft.trainer.safety import NonFiniteTrainingError, TrainingInterrupted
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -251,10 +251,10 @@ def variety(completions, **kwargs):
     return [len(set(c[-1]["content"])) / 10 for c in completions]
 
 
-def grpo_config(out: Path, **overrides) -> GRPOConfig:
+def grpo_config(out: Path, **overrides) -> SafeGRPOConfig:
     values = dict({k: v for k, v in FAST.items() if k != "max_length"}, loss_type="dapo", beta=0.0, num_generations=2, per_device_train_batch_size=4,
                   max_completion_length=12, learning_rate=1e-3, use_vllm=False)  # fmt: skip
-    return GRPOConfig(output_dir=str(out), **{**values, **overrides})
+    return SafeGRPOConfig(output_dir=str(out), **{**values, **overrides})
 
 
 def prompts(n: int = 8) -> Dataset:
@@ -263,17 +263,17 @@ def prompts(n: int = 8) -> Dataset:
 
 def test_grpo_skips_nan_steps_and_stops(tiny_model_dir, tmp_path, monkeypatch, reliability):
     monkeypatch.setitem(grpo.REWARDS, "variety", variety)
-    compute_loss = GRPOTrainer.compute_loss
+    compute_loss = SafeGRPOTrainer.compute_loss
 
     def nan_at_2_and_from_4(self, *args, **kwargs):
         loss = compute_loss(self, *args, **kwargs)
         return loss * math.nan if self.state.global_step + 1 in (2, 4, 5, 6) else loss
 
-    monkeypatch.setattr(GRPOTrainer, "compute_loss", nan_at_2_and_from_4)
+    monkeypatch.setattr(SafeGRPOTrainer, "compute_loss", nan_at_2_and_from_4)
     snapshots = Snapshots()
     config = grpo_config(tmp_path / "out", max_steps=6, max_nonfinite_steps=2)
     trainer = grpo.build_trainer(tiny_model_dir, config, prompts(), ["variety"], callbacks=[snapshots])
-    assert isinstance(trainer, GRPOTrainer)
+    assert isinstance(trainer, SafeGRPOTrainer)
     with pytest.raises(NonFiniteTrainingError, match="step 5: .* for 2 optimizer steps in a row"):
         trainer.train()
     assert equal_params(snapshots.params[2], snapshots.params[1])
@@ -401,7 +401,7 @@ def test_sigterm_during_eksft_grpo(tiny_model_dir, tmp_path, monkeypatch, capsys
             "--per_device_train_batch_size", "4", "--max_completion_length", "12", "--reward_funcs", "variety",
             "--reward_weights", "1.0", "--disable_tqdm", "true"]  # fmt: skip
     before = signal.getsignal(signal.SIGTERM)
-    training_step = GRPOTrainer.training_step
+    training_step = SafeGRPOTrainer.training_step
 
     def sigterm_in_step_2(self, *a, **k):  # one micro-batch per step: one signal
         if self.state.global_step == 1:
@@ -409,7 +409,7 @@ def test_sigterm_during_eksft_grpo(tiny_model_dir, tmp_path, monkeypatch, capsys
         return training_step(self, *a, **k)
 
     with monkeypatch.context() as patch:
-        patch.setattr(GRPOTrainer, "training_step", sigterm_in_step_2)
+        patch.setattr(SafeGRPOTrainer, "training_step", sigterm_in_step_2)
         assert cli.main(args) == 143
     assert signal.getsignal(signal.SIGTERM) == before
     err = capsys.readouterr().err
@@ -703,7 +703,7 @@ def test_models_load_with_safetensors_and_without_remote_code(tiny_model_dir, da
     import trl.trainer.grpo_trainer
     import trl.trainer.sft_trainer
 
-    for config in (EKSFTConfig, GRPOConfig):
+    for config in (EKSFTConfig, SafeGRPOConfig):
         assert config.__dataclass_fields__["trust_remote_code"].default is False
     for recipe in sorted((ROOT / "configs").glob("*.yaml")):
         assert "trust_remote_code" not in recipe.read_text(), recipe.name

@@ -21,7 +21,7 @@ from eksft.errors import UserError
 from eksft.loading import load_tokenizer
 from eksft.trainer import EKSFTConfig, EKSFTTrainer
 from eksft.trainer.checkpoints import FINAL_STAGING, AtomicCheckpoints, last_complete_checkpoint, resolve_checkpoint
-from eksft.trainer.grpo_trainer import GRPOConfig
+from eksft.trainer.grpo_trainer import SafeGRPOConfig
 from eksft.trainer.safety import TrainingGuard
 
 
@@ -64,7 +64,7 @@ def test_resume_command_replaces_any_resume_option():
 
 
 def test_max_nonfinite_steps_is_validated(tmp_path, capsys):
-    for config in (EKSFTConfig, GRPOConfig):
+    for config in (EKSFTConfig, SafeGRPOConfig):
         with pytest.raises(ValueError, match="max_nonfinite_steps must be an integer >= 0"):
             config(output_dir=str(tmp_path), use_cpu=True, bf16=False, max_nonfinite_steps=-1)
     argv = ["sft", "--model_name_or_path", "m", "--dataset_name", "d.json", "--max_nonfinite_steps", "-1"]

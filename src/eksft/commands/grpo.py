@@ -5,7 +5,7 @@
 
 Options are the fields of ``eksft.grpo.GRPODataArguments`` (prompts, answers, rewards), ``trl.GRPOConfig`` (every
 GRPO and ``TrainingArguments`` option: ``num_generations``, ``max_completion_length``, ``loss_type``,
-``use_vllm``..., plus ``max_nonfinite_steps``: ``eksft.trainer.grpo_trainer.GRPOConfig``) and ``trl.ModelConfig``
+``use_vllm``..., plus ``max_nonfinite_steps`` and ``log_file``: ``eksft.trainer.grpo_trainer.SafeGRPOConfig``) and ``trl.ModelConfig``
 (model path, dtype, LoRA), parsed by ``trl.TrlParser``. Any directory that ``eksft sft`` wrote (model + tokenizer) is a valid ``--model_name_or_path``. ``use_vllm: true`` falls back to
 ``transformers`` generation, with a warning, where vLLM is not installed. Interruptions, NaN/inf steps and checkpoints
 are handled as in ``eksft sft`` (``eksft.trainer.safety``).
@@ -24,9 +24,9 @@ def parse(argv: list[str]):
     from trl import ModelConfig
 
     from ..grpo import GRPODataArguments
-    from ..trainer.grpo_trainer import GRPOConfig
+    from ..trainer.grpo_trainer import SafeGRPOConfig
 
-    data_args, config, model_args = parse_recipe((GRPODataArguments, GRPOConfig, ModelConfig), argv, "eksft grpo")
+    data_args, config, model_args = parse_recipe((GRPODataArguments, SafeGRPOConfig, ModelConfig), argv, "eksft grpo")
     if not model_args.model_name_or_path:
         raise UserError("--model_name_or_path is required (e.g. the output directory of eksft sft)")
     return data_args, config, model_args

@@ -1,6 +1,7 @@
-"""TRL's GRPO with eksft's safety net: ``GRPOConfig`` adds ``max_nonfinite_steps`` and ``log_file``, ``GRPOTrainer`` adds
-``eksft.trainer.safety.SafeTraining`` (NaN/inf steps skipped, SIGINT/SIGTERM save a checkpoint, atomic checkpoints)
-and reads a model given by path from safetensors files only.
+"""TRL's GRPO with eksft's safety net, under names of their own (not TRL's): ``SafeGRPOConfig`` adds
+``max_nonfinite_steps`` and ``log_file`` to ``trl.GRPOConfig``; ``SafeGRPOTrainer`` adds ``eksft.trainer.safety``'s
+``SafeTraining`` to ``trl.GRPOTrainer`` (NaN/inf steps skipped, SIGINT/SIGTERM save a checkpoint, atomic checkpoints,
+the per-step log) and reads a model given by path from safetensors files only.
 
 Kept out of ``eksft.trainer``'s exports: importing ``trl.GRPOTrainer`` is slow, and only ``eksft grpo`` needs it.
 """
@@ -16,7 +17,7 @@ from .weights import use_safetensors
 
 
 @dataclass
-class GRPOConfig(trl.GRPOConfig):
+class SafeGRPOConfig(trl.GRPOConfig):
     """``trl.GRPOConfig`` plus ``max_nonfinite_steps`` (stop after that many NaN/inf steps in a row; 0: never) and
     ``log_file`` (the per-step log)."""
 
@@ -32,7 +33,7 @@ class GRPOConfig(trl.GRPOConfig):
         super().__post_init__()
 
 
-class GRPOTrainer(SafeTraining, trl.GRPOTrainer):
+class SafeGRPOTrainer(SafeTraining, trl.GRPOTrainer):
     """``trl.GRPOTrainer`` with the safety net; a plain ``trl.GRPOConfig`` works too (default max_nonfinite_steps,
     no per-step log)."""
 

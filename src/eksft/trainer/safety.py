@@ -59,7 +59,7 @@ MAX_NONFINITE_STEPS_HELP = (
 
 
 def check_max_nonfinite_steps(value) -> None:
-    """The config field ``max_nonfinite_steps`` (in ``EKSFTConfig`` and eksft's ``GRPOConfig``)."""
+    """The config field ``max_nonfinite_steps`` (in ``EKSFTConfig`` and ``SafeGRPOConfig``)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"max_nonfinite_steps must be an integer >= 0 (0: never stop), got {value!r}")
 
