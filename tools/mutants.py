@@ -62,8 +62,8 @@ MUTANTS: list[Mutant] = [
            "weights = [1.0 for name in names]",
            "metrics averaged over processes without weighting by response tokens", TRAINER_TESTS),
     Mutant("trainer-tokens-not-restored", TRAINER,
-           "                self._total_train_tokens = json.load(handle)[\"total_train_tokens\"]\n",
-           "                pass\n",
+           '        self._total_train_tokens = state["total_train_tokens"]\n',
+           "        pass\n",
            "resume: num_tokens counted from 0 again", ("tests/robustness/test_resume_logs.py",)),
     # ---- resume (src/eksft/trainer/safety.py, step_log.py) ----
     Mutant("resume-no-cut", "src/eksft/trainer/safety.py",

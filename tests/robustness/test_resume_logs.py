@@ -10,9 +10,7 @@ runs in this process, like a fresh start of the command.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from eksft.trainer import checkpoints as checkpoints_module
 from eksft.trainer import step_log
 from eksft.trainer.safety import SafeTraining
 
-from .test_training_faults import ROOT, conversation, hidden_dirs, variety
+from .test_training_faults import ROOT, conversation, hidden_dirs, kill_while_paused, variety
 
 SFT_LOG, GRPO_LOG = "token_stats.jsonl", "grpo_log.jsonl"
 TIME_FIELDS = ("step_time",)  # GRPO: wall-clock seconds of the step
@@ -102,7 +100,7 @@ def in_save_of(step: int):
 def run_until_killed(command: list[str], install, marker: Path) -> None:
     """``eksft COMMAND`` in a forked child, SIGKILLed once it reaches the point ``install`` patches in."""
 
-    def child():
+    def child(_trainer, marker):
         def pause():
             marker.write_text("paused")
             time.sleep(120)
@@ -112,18 +110,7 @@ def run_until_killed(command: list[str], install, marker: Path) -> None:
         cli.main(command)
         os._exit(4)  # never paused
 
-    process = multiprocessing.get_context("fork").Process(target=child)
-    process.start()
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists() and process.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert marker.exists(), f"the child did not reach its kill point (exit code {process.exitcode})"
-        os.kill(process.pid, signal.SIGKILL)
-        process.join(10)
-        assert process.exitcode == -signal.SIGKILL
-    finally:
-        process.kill()
+    kill_while_paused(None, child, marker)
 
 
 def log_lines(out: Path, name: str) -> list[dict]:

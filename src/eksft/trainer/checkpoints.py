@@ -160,8 +160,16 @@ class AtomicCheckpoints:
         """What the trainer needs back on a resume beyond the Trainer's own state (saved as ``EXTRA_STATE_NAME``)."""
         return {}
 
-    def _restore_extra_state(self, checkpoint: str) -> None:
-        """Read back what ``_extra_state`` saved in ``checkpoint`` (called by ``SafeTraining.train`` on a resume)."""
+    def _set_extra_state(self, state: dict) -> None:
+        """Take back what ``_extra_state`` returned when the checkpoint was saved."""
+
+    def restore_extra_state(self, checkpoint: str) -> None:
+        """Read ``checkpoint``'s ``EXTRA_STATE_NAME`` into ``_set_extra_state`` (called by ``SafeTraining.train`` on a
+        resume); a checkpoint of plain transformers, or of an older eksft, has none and changes nothing."""
+        path = os.path.join(checkpoint, EXTRA_STATE_NAME)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                self._set_extra_state(json.load(handle))
 
     def save_final_model(self, output_dir: str | None = None) -> None:
         """``save_model(output_dir)`` (default ``args.output_dir``), but a kill at any moment leaves either the previous

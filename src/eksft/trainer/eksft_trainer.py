@@ -13,9 +13,7 @@ grad, reference, policy with grad); this one runs two, one of them without grad.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import torch
 from accelerate.utils import is_peft_model
@@ -31,7 +29,6 @@ from ..heads import backbone_outputs, hidden_states, lm_head_of
 from ..objectives import OBJECTIVES, compute_objective
 from ..stats import TokenStats, token_stats
 from ..templates import apply_template_file, can_mask_assistant, conversations_to_prompt_completion
-from .checkpoints import EXTRA_STATE_NAME
 from .eksft_config import EKSFTConfig
 from .moe import router_aux_loss
 from .parallelism import check_parallelism
@@ -340,11 +337,8 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
         # resumed run would count from 0 again
         return {"total_train_tokens": self._total_train_tokens}
 
-    def _restore_extra_state(self, checkpoint: str) -> None:
-        path = os.path.join(checkpoint, EXTRA_STATE_NAME)
-        if os.path.isfile(path):  # a checkpoint of plain transformers, or of an older eksft, has none
-            with open(path, encoding="utf-8") as handle:
-                self._total_train_tokens = json.load(handle)["total_train_tokens"]
+    def _set_extra_state(self, state: dict) -> None:
+        self._total_train_tokens = state["total_train_tokens"]
 
 
 def _prompt_learning_config(model):

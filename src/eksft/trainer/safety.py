@@ -254,7 +254,7 @@ class SafeTraining(AtomicCheckpoints):
         resume_from_checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir,
                                                     self.is_world_process_zero())  # fmt: skip
         if resume_from_checkpoint:
-            self._restore_extra_state(resume_from_checkpoint)
+            self.restore_extra_state(resume_from_checkpoint)
         self._start_step_log(resume_from_checkpoint)
         self.guard.reset()
         with stop_on_signals(self.guard.request_stop):
