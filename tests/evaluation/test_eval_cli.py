@@ -119,7 +119,7 @@ def test_config_file_and_underscore_flags(tiny_model_dir, five_problems, tmp_pat
     assert not (tmp_path / "ignored").exists()  # the flag replaced the file's output_dir
     capsys.readouterr()
 
-    for text, message in [("num_sample: 2\n", "unknown option 'num_sample'; the options are: "),
+    for text, message in [("num_sample: 2\n", "unknown option 'num_sample' (did you mean num_samples?)"),
                           ("no_progress: 1\n", "no_progress is a flag: give true or false, got 1"),
                           ("- a\n- b\n", "a config file is a mapping of option names to values, got a list"),
                           ("k: [1\n", "cannot read the config file")]:  # fmt: skip

@@ -11,57 +11,54 @@ not at all. Files written: ``analysis.json`` (every number), ``analysis.md`` (ta
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ..errors import UserError
 from ..files import fresh_sibling, json_safe, replace_directory
-from .options import parse_options
+from .options import option, parse_options, repeatable
 
 JSON_FILE, MARKDOWN_FILE = "analysis.json", "analysis.md"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="eksft analyze",
-        description=(
-            "Compare fine-tuned models with their base: relative L2 parameter drift (total and per layer, read from "
-            "the weight files), distribution shift on held-out text (mean KL(model || base) per token and the "
-            "entropies of both), the entropy/KL token-set overlap over training (from token_stats.jsonl), and pass@k "
-            "curves (from `eksft eval` output). Writes OUTPUT_DIR/analysis.json, analysis.md and PNG plots. "
-            "DIR arguments take an optional label: --model sft=out/sft."
-        ),
-    )
-    parser.add_argument("--model", action="append", default=[], metavar="[LABEL=]DIR",
-                        help="fine-tuned model directory (Hugging Face format); repeat for several")
-    parser.add_argument("--base", metavar="DIR", help="the base model the others started from (needed with --model)")
-    parser.add_argument("--run-dir", action="append", default=[], metavar="[LABEL=]DIR",
-                        help="output_dir of an `eksft sft` run (or its token_stats.jsonl); repeat for several")
-    parser.add_argument("--eval-dir", action="append", default=[], metavar="[LABEL=]DIR",
-                        help="output directory of `eksft eval` (pass@k for k = 1..n from its samples); repeatable")
-    parser.add_argument("--texts", metavar="FILE",
-                       help="held-out texts, JSONL: one object per line with 'text', or 'messages' (rendered with "
-                            "the base tokenizer's chat template)")  # fmt: skip
-    parser.add_argument("--text-field", default=None, metavar="NAME",
-                        help="field of --texts holding the text (default: 'text', else 'messages')")
-    parser.add_argument("--batch-size", type=int, default=4, help="texts per forward pass (default: 4)")
-    parser.add_argument("--max-length", type=int, default=1024, help="tokens per text, longer ones are cut (default: 1024)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (default: auto)")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                        help="weights dtype for the shift (default: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--output-dir", required=True, metavar="DIR", help="where analysis.json, analysis.md and PNGs go")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace OUTPUT_DIR if it holds an earlier analysis (an analysis.json)")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="let models with custom architectures run their own Python code (off by default: only "
-                             "for models whose code you trust)")  # fmt: skip
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser
+DESCRIPTION = (
+    "Compare fine-tuned models with their base: relative L2 parameter drift (total and per layer, read from the weight "
+    "files), distribution shift on held-out text (mean KL(model || base) per token and the entropies of both), the "
+    "entropy/KL token-set overlap over training (from token_stats.jsonl), and pass@k curves (from `eksft eval` "
+    "output). Writes OUTPUT_DIR/analysis.json, analysis.md and PNG plots. DIR arguments take an optional label: "
+    "--model sft=out/sft. Options: flags or a --config YAML file."
+)
+
+
+@dataclass
+class AnalyzeArguments:
+    model: list[str] = repeatable("fine-tuned model directory (Hugging Face format); repeat for several",
+                                  metavar="[LABEL=]DIR")  # fmt: skip
+    base: str | None = option(None, "the base model the others started from (needed with --model)", metavar="DIR")
+    run_dir: list[str] = repeatable("output_dir of an `eksft sft` run (or its token_stats.jsonl); repeat for several",
+                                    metavar="[LABEL=]DIR")  # fmt: skip
+    eval_dir: list[str] = repeatable("output directory of `eksft eval` (pass@k for k = 1..n from its samples); "
+                                     "repeatable", metavar="[LABEL=]DIR")  # fmt: skip
+    texts: str | None = option(None, "held-out texts, JSONL: one object per line with 'text', or 'messages' (rendered "
+                                     "with the base tokenizer's chat template)", metavar="FILE")  # fmt: skip
+    text_field: str | None = option(None, "field of --texts holding the text (none: 'text', else 'messages')",
+                                    metavar="NAME")  # fmt: skip
+    batch_size: int = option(4, "texts per forward pass")
+    max_length: int = option(1024, "tokens per text, longer ones are cut")
+    device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
+        "auto", "weights dtype for the shift (auto: bfloat16 on GPU, float32 on CPU)")
+    output_dir: str | None = option(None, "where analysis.json, analysis.md and PNGs go (required)", metavar="DIR")
+    overwrite: bool = option(False, "replace OUTPUT_DIR if it holds an earlier analysis (an analysis.json)")
+    trust_remote_code: bool = option(False, "let models with custom architectures run their own Python code (only "
+                                            "for models whose code you trust)")  # fmt: skip
+    no_progress: bool = option(False, "no progress bars")
 
 
 # ---- checks and inputs (nothing written) ----------------------------------------------------------------------------
@@ -173,7 +170,9 @@ def _say(message: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = parse_options(build_parser(), argv)
+    (args,) = parse_options((AnalyzeArguments,), argv, "eksft analyze", DESCRIPTION)
+    if not args.output_dir:
+        raise UserError("--output_dir is required: the directory where analysis.json, analysis.md and the plots go")
     _check_numbers(args)
     output_dir = Path(args.output_dir).expanduser().absolute()
     _check_output_dir(output_dir, args.overwrite)

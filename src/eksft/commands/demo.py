@@ -10,9 +10,10 @@ seed, held-out arithmetic word problems, and KL / NLL (forgetting) on held-out m
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from dataclasses import dataclass
+from typing import Literal
 
 # Threads that wait for a busy core should sleep rather than spin (read when OpenMP starts, so before torch runs
 # anything); the user's own setting wins.
@@ -22,47 +23,41 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from ..errors import UserError
-from .options import parse_options  # noqa: E402
+from .options import option, parse_options  # noqa: E402
+from eksft_demo.profiles import PROFILES  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "demo-output"
 REAL = "real"  # the real-model profile (eksft_demo.real), not one of the tiny demo's PROFILES
+ProfileName = Literal[tuple(sorted([*PROFILES, REAL]))]  # type: ignore[valid-type]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from eksft_demo.profiles import PROFILES
+DESCRIPTION = (
+    "The offline end-to-end demo: a tiny base model pre-trained here on a synthetic math world (cached), low-data SFT "
+    "with several objectives on identical data and seeds, GRPO from each, evaluation (avg@n, pass@k) of every model "
+    "on held-out problems, analysis (drift, KL to base, token-set IoU, plots) and DIR/report.md. Rerunning with the "
+    "same settings and output directory resumes. Options: flags or a --config YAML file."
+)
 
-    parser = argparse.ArgumentParser(
-        prog="eksft demo",
-        description=(
-            "The offline end-to-end demo: a tiny base model pre-trained here on a synthetic math world (cached), "
-            "low-data SFT with several objectives on identical data and seeds, GRPO from each, evaluation (avg@n, "
-            "pass@k) of every model on held-out problems, analysis (drift, KL to base, token-set IoU, plots) and "
-            "DIR/report.md. Rerunning with the same settings and output directory resumes."
-        ),
-    )
-    parser.add_argument("--profile", choices=sorted([*PROFILES, REAL]), default="full",
-                        help="full: what `make demo` runs (under 15 minutes on 2 cores); quick: every stage at toy "
-                             "sizes, what CI runs (under 3 minutes); real: SFT with each objective on the real "
-                             "SmolLM2-135M-Instruct, evaluated on held-out word problems, with forgetting measured "
-                             "on general text (about 20-30 minutes on 2 cores). Default: full")  # fmt: skip
-    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, metavar="DIR",
-                        help=f"where report.md, results.json, the plots and runs/ go (default: {DEFAULT_OUTPUT_DIR})")
-    parser.add_argument("--seeds", type=int, default=1, metavar="N",
-                        help="run the SFT / GRPO / evaluation stages with seeds 0..N-1; the table shows mean ± std")
-    parser.add_argument("--cache-dir", metavar="DIR",
-                        help="where the pre-trained base model is cached (default: $EKSFT_CACHE, else ~/.cache/eksft)")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch threads (default: 1, the fastest for the tiny model, and for the real one on a "
-                             "2-core machine shared with other jobs)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an output directory that holds another run (other profile or seeds)")
-    parser.add_argument("--no-progress", action="store_true", help="print no progress lines")
-    return parser
+
+@dataclass
+class DemoArguments:
+    profile: ProfileName = option(
+        "full", "full: what `make demo` runs (under 15 minutes on 2 cores); quick: every stage at toy sizes, what CI "
+        "runs (under 3 minutes); real: SFT with each objective on the real SmolLM2-135M-Instruct, evaluated on "
+        "held-out word problems, with forgetting measured on general text (about 20-30 minutes on 2 cores)")
+    output_dir: str = option(DEFAULT_OUTPUT_DIR, "where report.md, results.json, the plots and runs/ go", metavar="DIR")
+    seeds: int = option(1, "run the SFT / GRPO / evaluation stages with seeds 0..N-1; the table shows mean ± std",
+                        metavar="N")  # fmt: skip
+    cache_dir: str | None = option(None, "where the pre-trained base model is cached (none: $EKSFT_CACHE, else "
+                                         "~/.cache/eksft)", metavar="DIR")  # fmt: skip
+    threads: int | None = option(None, "torch threads (none: 1, the fastest for the tiny model, and for the real one "
+                                       "on a 2-core machine shared with other jobs)", metavar="N")  # fmt: skip
+    overwrite: bool = option(False, "replace an output directory that holds another run (other profile or seeds)")
+    no_progress: bool = option(False, "print no progress lines")
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parse_options(parser, argv)
+    (args,) = parse_options((DemoArguments,), argv, "eksft demo", DESCRIPTION)
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     if args.threads is not None and args.threads < 1:

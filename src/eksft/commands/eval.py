@@ -10,60 +10,56 @@ output directory holds (all without writing anything), and only then load the mo
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ..errors import UserError
+from ..evaluation.benchmarks import BENCHMARKS
+from ..evaluation.runner import DEFAULT_PROMPT_TEMPLATE
 from ..loading import load_tokenizer
-from .options import parse_options
+from .options import option, parse_options, repeatable
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ..evaluation.benchmarks import BENCHMARKS
-    from ..evaluation.runner import DEFAULT_PROMPT_TEMPLATE
+DESCRIPTION = (
+    "Sample completions for math benchmarks, grade them with math-verify, and report avg@n and pass@k. Samples are "
+    "appended to OUTPUT_DIR/<benchmark>/samples.jsonl as they are produced; rerunning the same command resumes. "
+    "results.json and results.md appear only when every sample is done. Options: flags or a --config YAML file."
+)
 
-    parser = argparse.ArgumentParser(
-        prog="eksft eval",
-        description=(
-            "Sample completions for math benchmarks, grade them with math-verify, and report avg@n and pass@k. "
-            "Samples are appended to OUTPUT_DIR/<benchmark>/samples.jsonl as they are produced; rerunning the same "
-            "command resumes. results.json and results.md appear only when every sample is done."
-        ),
-    )
-    parser.add_argument("--model", metavar="DIR", help="model directory (or hub id) with its tokenizer")
-    parser.add_argument("--benchmark", action="append", metavar="NAME|FILE",
-                        help=f"one of {', '.join(BENCHMARKS)}, or a local .jsonl/.json/.parquet file; repeat for several")
-    parser.add_argument("--problem-field", help="field holding the problem text (default: the benchmark's, else 'problem')")
-    parser.add_argument("--answer-field", help="field holding the gold answer (default: the benchmark's, else 'answer')")
-    parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples per problem (default: 1)")
-    parser.add_argument("--k", default=None, metavar="K,K,...",
-                        help="pass@k values, each <= N (default: 1 and N)")
-    parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature; 0 = greedy (default: 0.6)")
-    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default: 0.95)")
-    parser.add_argument("--max-new-tokens", type=int, default=8192, help="longest completion in tokens (default: 8192)")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per generation call (default: 8)")
-    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
-                        help="hf: transformers generate (CPU or GPU); vllm: vLLM, when installed (default: hf)")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--output-dir", metavar="DIR", help="where samples and results go (rerun with it to resume)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N problems of each benchmark")
-    parser.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
-                        help="user message; {problem} is replaced by the problem (default: %(default)r)")
-    parser.add_argument("--system-prompt", default=None, help="optional system message")
-    parser.add_argument("--no-chat-template", dest="chat_template", action="store_false",
-                        help="send the filled template as plain text instead of through the tokenizer's chat template")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="let a model with a custom architecture run its own Python code (off by default: only "
-                             "for models whose code you trust)")  # fmt: skip
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--report", nargs="+", metavar="RESULTS",
-                        help="print one table from finished runs (results.json files or their directories) and exit")
-    return parser
+
+@dataclass
+class EvalArguments:
+    model: str | None = option(None, "model directory (or hub id) with its tokenizer", metavar="DIR")
+    benchmark: list[str] = repeatable(f"one of {', '.join(BENCHMARKS)}, or a local .jsonl/.json/.parquet file; "
+                                      "repeat for several", metavar="NAME|FILE")  # fmt: skip
+    problem_field: str | None = option(None, "field holding the problem text (none: the benchmark's, else "
+                                             "'problem')")  # fmt: skip
+    answer_field: str | None = option(None, "field holding the gold answer (none: the benchmark's, else 'answer')")
+    num_samples: int = option(1, "samples per problem", metavar="N")
+    k: str | None = option(None, "pass@k values, each <= N (none: 1 and N)", metavar="K,K,...")
+    temperature: float = option(0.6, "sampling temperature; 0 = greedy")
+    top_p: float = option(0.95, "nucleus sampling threshold")
+    max_new_tokens: int = option(8192, "longest completion in tokens")
+    batch_size: int = option(8, "sequences per generation call")
+    backend: Literal["hf", "vllm"] = option("hf", "hf: transformers generate (CPU or GPU); vllm: vLLM, when installed")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
+        "auto", "weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
+    output_dir: str | None = option(None, "where samples and results go (rerun with it to resume)", metavar="DIR")
+    seed: int = option(0, "seed of the sampling")
+    limit: int | None = option(None, "only the first N problems of each benchmark", metavar="N")
+    prompt_template: str = option(DEFAULT_PROMPT_TEMPLATE, "user message; {problem} is replaced by the problem")
+    system_prompt: str | None = option(None, "optional system message")
+    chat_template: bool = option(True, "send the filled template through the tokenizer's chat template "
+                                       "(--no_chat_template: as plain text)")  # fmt: skip
+    trust_remote_code: bool = option(False, "let a model with a custom architecture run its own Python code (only for "
+                                            "models whose code you trust)")  # fmt: skip
+    no_progress: bool = option(False, "no progress bars")
+    report: list[str] | None = option(None, "print one table from finished runs (results.json files or their "
+                                            "directories) and exit", metavar="RESULTS")  # fmt: skip
 
 
 def parse_ks(text: str | None, num_samples: int) -> tuple[int, ...]:
@@ -143,7 +139,7 @@ def _load_and_evaluate(args, benchmarks, tokenizer, settings, runs) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    args = parse_options(build_parser(), argv)
+    (args,) = parse_options((EvalArguments,), argv, "eksft eval", DESCRIPTION)
     if args.report:
         return _report(args)
     for flag, value in (("--model", args.model), ("--benchmark", args.benchmark), ("--output-dir", args.output_dir)):

@@ -1,90 +1,136 @@
-"""One command-line style for every ``eksft`` command.
+"""One command-line style for every ``eksft`` command: options are dataclass fields, parsed by ``trl.TrlParser``.
 
-``eksft sft`` and ``eksft grpo`` parse with TRL's ``TrlParser`` (``--config recipe.yaml``, ``--flag_name``). The other
-commands keep argparse (their options are not dataclass fields of a library config), with the same conventions:
+As in TRL's own scripts:
 
 * ``--config FILE``: a YAML mapping of option names to values; flags on the command line override it;
-* every option spelled ``--flag-name`` is also accepted as ``--flag_name``, and a config key either way;
-* a value for a repeatable option (``--benchmark``) may be a YAML list; a flag (``--overwrite``) takes true / false;
-  an option given on the command line replaces the file's value (all of it, for a repeatable option).
+* every option is accepted as ``--flag_name`` and as ``--flag-name``, and a config key either way;
+* a boolean option is ``--flag`` (true), ``--flag false``, or ``--no_flag`` when it defaults to true.
 
-An unknown key or a wrong value in the file is a ``UserError`` naming the file and the key.
+Two additions: a repeatable option (``--benchmark a --benchmark b``, declared with ``repeatable``) collects every
+value, and on the command line replaces the file's list rather than extending it; every mistake in the file (an
+unknown key, a non-boolean value for a flag, bad YAML, a missing file) is a ``UserError`` naming the file and the key.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import difflib
 import os
+import re
+from typing import Any
+
+from ..errors import UserError
 
 
-def with_underscore_aliases(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Give every ``--flag-name`` option of ``parser`` the alias ``--flag_name`` (hidden from ``--help``)."""
-    for action in list(parser._actions):
-        for option in list(action.option_strings):
-            if option.startswith("--") and "-" in option[2:]:
-                alias = "--" + option[2:].replace("-", "_")
-                if alias not in parser._option_string_actions:
-                    action.option_strings.append(alias)
-                    parser._option_string_actions[alias] = action
-    return parser
+class _Repeatable(argparse.Action):
+    """Collects the values of every use of the option; the first use replaces the default (a config file's list)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        kept = [] if current is None or current is self.default else list(current)
+        setattr(namespace, self.dest, kept + list(values))
 
 
-def _config_argv(parser: argparse.ArgumentParser, path: str, given: list[str]) -> list[str]:
-    """The options of the YAML file ``path`` as command-line arguments, except those ``given`` on the command line."""
+def repeatable(help: str, metavar: str | None = None) -> Any:
+    """A ``list[str]`` dataclass field for an option given once per value (``--model a --model b``)."""
+    metadata = {"help": help, "action": _Repeatable}
+    if metavar:
+        metadata["metavar"] = metavar
+    return dataclasses.field(default_factory=list, metadata=metadata)
+
+
+def option(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    """A dataclass field with its help text (and argparse extras such as ``metavar`` or ``choices``)."""
+    return dataclasses.field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+def _parser_class():
+    from trl import TrlParser
+
+    class OptionParser(TrlParser):
+        """``TrlParser`` whose config file is checked key by key (see the module docstring)."""
+
+        config_path = "the config file"
+
+        def set_defaults_with_config(self, **values):
+            actions: dict[str, argparse.Action] = {}
+            for action in self._actions:  # the first action of a dest is the option itself, not its --no_ twin
+                actions.setdefault(action.dest, action)
+            checked = {}
+            for key, value in values.items():
+                name = str(key).replace("-", "_")
+                action = actions.get(name)
+                if action is None or name == "help":
+                    close = difflib.get_close_matches(name, [dest for dest in actions if dest != "help"], n=1)
+                    hint = f" (did you mean {close[0]}?)" if close else ""
+                    raise UserError(f"{self.config_path}: unknown option {key!r}{hint}; `{self.prog} --help` lists "
+                                    "the options")  # fmt: skip
+                # a boolean field: its type is HfArgumentParser's string_to_bool (TRL ships its own copy)
+                if getattr(action.type, "__name__", "") == "string_to_bool" and not isinstance(value, bool):
+                    raise UserError(f"{self.config_path}: {key} is a flag: give true or false, got {value!r}")
+                if action.nargs in ("+", "*") and not isinstance(value, list):
+                    value = [value]
+                checked[name] = value
+            return super().set_defaults_with_config(**checked)
+
+    return OptionParser
+
+
+def _config_argv(argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` with ``--config=FILE`` spelled ``--config FILE``, and the path of that file (checked to exist)."""
+    argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
+    if "--config" not in argv:
+        return argv, None
+    index = argv.index("--config") + 1
+    path = argv[index] if index < len(argv) else None
+    if path is None or not os.path.isfile(path):
+        raise UserError(f"config file not found: {path or '(missing after --config)'}; give the path of a YAML file "
+                        "of options (keys as the flags, without --)")  # fmt: skip
+    return argv, path
+
+
+def parse_options(dataclass_types: tuple, argv: list[str], prog: str, description: str | None = None,
+                  positional: tuple[str, str] | None = None) -> tuple:  # fmt: skip
+    """One instance per dataclass, from ``--config FILE`` (optional) and flags, which override it.
+
+    ``positional=(name, help)`` adds one positional argument, returned last as an ``argparse.Namespace``.
+    A configuration problem is a ``UserError``; argparse still exits (``SystemExit``) on ``--help`` and on a bad
+    command line, after printing the usage.
+    """
+    argv, path = _config_argv(list(argv))
+    if path:
+        _check_config_file(path)
+    parser = _parser_class()(dataclass_types, prog=prog, description=description)
+    parser.config_path = path
+    if positional:
+        parser.add_argument(positional[0], metavar=positional[0].upper(), help=positional[1])
+    try:
+        return tuple(parser.parse_args_and_config(argv))
+    except (ValueError, TypeError) as err:  # the dataclasses validate their values, naming the field
+        raise UserError(_unknown_options(str(err), prog) or f"invalid configuration: {err} (change that option on "
+                        "the command line or in the --config file)") from None  # fmt: skip
+
+
+def _check_config_file(path: str) -> None:
+    """A readable YAML mapping (TrlParser reads it again, to set the defaults)."""
     import yaml
 
-    from ..errors import UserError
-
-    if not os.path.isfile(path):
-        raise UserError(f"config file not found: {path}; give the path of a YAML file of options")
     try:
         with open(path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
+            loaded = yaml.safe_load(handle)
     except (OSError, yaml.YAMLError) as err:
         raise UserError(f"cannot read the config file {path}: {err}; fix the YAML there") from None
-    if not isinstance(values, dict):
-        raise UserError(f"{path}: a config file is a mapping of option names to values, got a {type(values).__name__}")
-    actions = {option[2:].replace("-", "_"): action for action in parser._actions for option in action.option_strings
-               if option.startswith("--")}  # fmt: skip
-    argv: list[str] = []
-    for key, value in values.items():
-        action = actions.get(str(key).replace("-", "_"))
-        if action is None or str(key) in ("config", "help"):
-            known = ", ".join(sorted(k for k in actions if k not in ("config", "help")))
-            raise UserError(f"{path}: unknown option {key!r}; the options are: {known}")
-        flag = action.option_strings[0]
-        if any(arg == option or arg.startswith(option + "=") for option in action.option_strings for arg in given):
-            continue  # given on the command line: that wins (for a repeatable option too)
-        if action.nargs == 0:  # a flag: true applies it
-            if not isinstance(value, bool):
-                raise UserError(f"{path}: {key} is a flag: give true or false, got {value!r}")
-            if value:
-                argv.append(flag)
-            continue
-        items = value if isinstance(value, list) else [value]
-        if isinstance(action, argparse._AppendAction):
-            for item in items:
-                argv += [flag, str(item)]
-        elif action.nargs in ("+", "*"):
-            argv += [flag, *(str(item) for item in items)]
-        else:
-            if isinstance(value, (list, dict)):
-                raise UserError(f"{path}: {key} takes one value, got {value!r}")
-            argv += [flag, str(value)]
-    return argv
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: a config file is a mapping of option names to values, got a {type(loaded).__name__}")
 
 
-def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """``parser.parse_args(argv)`` with ``--config FILE`` and ``--flag_name`` aliases (see the module docstring)."""
-    parser.add_argument("--config", metavar="FILE",
-                        help="YAML file of options (keys as the flags, without --); flags given here override it")  # fmt: skip
-    with_underscore_aliases(parser)
-    argv = list(argv)
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            rest = [*argv[:i], *argv[i + 2 :]]
-            return parser.parse_args([*_config_argv(parser, argv[i + 1], rest), *rest])
-        if arg.startswith("--config="):
-            rest = [*argv[:i], *argv[i + 1 :]]
-            return parser.parse_args([*_config_argv(parser, arg.split("=", 1)[1], rest), *rest])
-    return parser.parse_args(argv)
+def _unknown_options(message: str, prog: str) -> str | None:
+    """HfArgumentParser's "arguments are not used" message, in the words of a command line."""
+    match = re.search(r"not used by the HfArgumentParser: (\[.*\])", message)
+    if match is None:
+        return None
+    options = [arg for arg in ast.literal_eval(match.group(1)) if str(arg).startswith("--")]
+    return f"unknown option{'s' * (len(options) > 1)} {', '.join(options)} on the command line; `{prog} --help` lists " \
+           "the options"  # fmt: skip

@@ -5,55 +5,20 @@ that save leaves no half-written model. ``--resume_from_checkpoint`` is resolved
 
 from __future__ import annotations
 
-import ast
-import os
-import re
 import shlex
 import sys
 
 from ..errors import UserError
 from ..files import check_writable
+from .options import parse_options
 
 
 def parse_recipe(dataclass_types: tuple, argv: list[str], prog: str) -> tuple:
-    """One instance per dataclass, from ``--config recipe.yaml`` (optional) and flags, which override it.
-
-    argparse still exits (``SystemExit``) on ``--help`` and on unknown flags, after printing the usage.
-    """
-    import yaml
-    from trl import TrlParser
-
-    parser = TrlParser(dataclass_types, prog=prog)
-    if "--config" in argv:
-        index = argv.index("--config") + 1
-        if index >= len(argv) or not os.path.isfile(argv[index]):
-            raise UserError(
-                f"config file not found: {argv[index] if index < len(argv) else '(missing after --config)'}; give the path of "
-                "a YAML recipe, e.g. configs/tiny_cpu.yaml"
-            )
-    try:
-        parsed = tuple(parser.parse_args_and_config(argv))
-    except yaml.YAMLError as err:
-        raise UserError(f"cannot read the config file: {err}; fix the YAML there") from None
-    except (ValueError, TypeError) as err:  # the config dataclasses validate their values, naming the field
-        raise UserError(
-            _unknown_options(str(err), argv, prog) or f"invalid configuration: {err} (change that option on the command line "
-            "or in the --config file)"
-        ) from None
-    check_writable(parsed[1].output_dir, "--output_dir")  # the config is second: (data, config, model)
+    """``(data, config, model)`` from ``--config recipe.yaml`` (optional) and flags (``eksft.commands.options``),
+    with ``output_dir`` checked to be writable before anything is read or loaded."""
+    parsed = parse_options(dataclass_types, argv, prog)
+    check_writable(parsed[1].output_dir, "--output_dir")
     return parsed
-
-
-def _unknown_options(message: str, argv: list[str], prog: str) -> str | None:
-    """HfArgumentParser's "arguments are not used" messages, in the words of a command line."""
-    match = re.search(r"(not used by the HfArgumentParser|Unknown arguments from config file): (\[.*\])", message)
-    if match is None:
-        return None
-    options = [arg for arg in ast.literal_eval(match.group(2)) if str(arg).startswith("--")]
-    where = "on the command line"
-    if match.group(1).startswith("Unknown"):
-        where = f"in {argv[argv.index('--config') + 1]}" if "--config" in argv else "in the config file"
-    return f"unknown option{'s' * (len(options) > 1)} {', '.join(options)} {where}; `{prog} --help` lists the options"
 
 
 def resume_command(prog: str, argv: list[str]) -> str:

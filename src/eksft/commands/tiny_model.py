@@ -2,48 +2,46 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 from ..errors import UserError
+from .options import option, parse_options
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="eksft tiny-model",
-        description=(
-            "Write a tiny Qwen3-architecture causal LM and a byte-level BPE tokenizer trained on the synthetic math "
-            "world, in Hugging Face format, without any download. With --pretrain-steps N the model is pre-trained "
-            "on the world corpus for N AdamW steps on the CPU, giving a weak 'base model' of that world. The "
-            "directory is written atomically (built in a hidden sibling and renamed at the end)."
-        ),
-    )
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="directory to create (must be absent or empty)")
-    parser.add_argument("--pretrain-steps", type=int, default=0, metavar="N",
-                        help="AdamW pre-training steps on the world corpus (default: 0, random weights)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the pre-training data (default: 0)")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists and is not empty")
-    parser.add_argument("--hidden-size", type=int, default=64, help="hidden size (default: 64)")
-    parser.add_argument("--num-layers", type=int, default=2, help="number of decoder layers (default: 2)")
-    parser.add_argument("--num-heads", type=int, default=4, help="attention heads (default: 4)")
-    parser.add_argument("--num-kv-heads", type=int, default=2, help="key/value heads, dividing --num-heads (default: 2)")
-    parser.add_argument("--head-dim", type=int, default=16, help="dimension of one attention head (default: 16)")
-    parser.add_argument("--intermediate-size", type=int, default=128, help="MLP intermediate size (default: 128)")
-    parser.add_argument("--vocab-size", type=int, default=512, help="target tokenizer vocabulary size (default: 512)")
-    parser.add_argument("--tie-word-embeddings", action=argparse.BooleanOptionalAction, default=True,
-                        help="share the input embedding and the output head (default: tied)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar while pre-training")
-    return parser
+DESCRIPTION = (
+    "Write a tiny Qwen3-architecture causal LM and a byte-level BPE tokenizer trained on the synthetic math world, in "
+    "Hugging Face format, without any download. With --pretrain_steps N the model is pre-trained on the world corpus "
+    "for N AdamW steps on the CPU, giving a weak 'base model' of that world. The directory is written atomically "
+    "(built in a hidden sibling and renamed at the end)."
+)
+
+
+@dataclass
+class TinyModelArguments:
+    pretrain_steps: int = option(0, "AdamW pre-training steps on the world corpus (0: random weights)", metavar="N")
+    seed: int = option(0, "seed for the weights and the pre-training data")
+    overwrite: bool = option(False, "replace OUT_DIR if it exists and is not empty")
+    hidden_size: int = option(64, "hidden size")
+    num_layers: int = option(2, "number of decoder layers")
+    num_heads: int = option(4, "attention heads")
+    num_kv_heads: int = option(2, "key/value heads, dividing --num_heads")
+    head_dim: int = option(16, "dimension of one attention head")
+    intermediate_size: int = option(128, "MLP intermediate size")
+    vocab_size: int = option(512, "target tokenizer vocabulary size")
+    tie_word_embeddings: bool = option(True, "share the input embedding and the output head")
+    no_progress: bool = option(False, "no progress bar while pre-training")
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args, positional = parse_options((TinyModelArguments,), argv, "eksft tiny-model", DESCRIPTION,
+                                     positional=("out_dir", "directory to create (must be absent or empty)"))  # fmt: skip
     if args.pretrain_steps < 0:
         raise UserError(f"--pretrain-steps must be >= 0, got {args.pretrain_steps}")
 
     from ..tiny_model import build_tiny_model  # deferred: loads torch and transformers
 
     result = build_tiny_model(
-        args.out_dir,
+        positional.out_dir,
         pretrain_steps=args.pretrain_steps,
         seed=args.seed,
         hidden_size=args.hidden_size,
