@@ -116,7 +116,7 @@ def make_models(tied: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
     return policy, reference
 
 
-def loss_and_grads(policy, reference, batch, backend: str, loss_type: str):
+def loss_and_grads(policy, reference, batch, backend: str, objective: str):
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     ref_hidden = ref_head = None
@@ -126,7 +126,7 @@ def loss_and_grads(policy, reference, batch, backend: str, loss_type: str):
     stats = chunked_token_stats(
         hidden_states(policy, **inputs), labels, lm_head_of(policy), ref_hidden, ref_head, backend=backend
     )
-    loss = compute_objective(loss_type, stats, ObjectiveParams(rho=0.3), None).loss
+    loss = compute_objective(objective, stats, ObjectiveParams(rho=0.3), None).loss
     loss.backward()
     grads = {}
     for name, p in policy.named_parameters():
@@ -139,10 +139,10 @@ def loss_and_grads(policy, reference, batch, backend: str, loss_type: str):
 
 @pytest.mark.parametrize("backend", ["torch", "trl"])
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-@pytest.mark.parametrize("loss_type", ["eksft", "nll"])
-def test_chunked_statistics_gather_zero3_heads_in_forward_and_backward(monkeypatch, backend, tied, loss_type):
+@pytest.mark.parametrize("objective", ["eksft", "nll"])
+def test_chunked_statistics_gather_zero3_heads_in_forward_and_backward(monkeypatch, backend, tied, objective):
     policy, reference = make_models(tied)
-    if loss_type == "nll":
+    if objective == "nll":
         reference = None
     batch = {
         "input_ids": torch.randint(0, 97, (2, 13)),
@@ -151,13 +151,13 @@ def test_chunked_statistics_gather_zero3_heads_in_forward_and_backward(monkeypat
     batch["labels"] = batch["input_ids"].clone()
     batch["labels"][:, :4] = -100
     sharded_policy, sharded_reference = copy.deepcopy(policy), copy.deepcopy(reference)
-    expected_loss, expected_grads = loss_and_grads(policy, reference, batch, backend, loss_type)
+    expected_loss, expected_grads = loss_and_grads(policy, reference, batch, backend, objective)
 
     fake_zero3(monkeypatch)
     shard_like_zero3(sharded_policy)
     if sharded_reference is not None:
         shard_like_zero3(sharded_reference)
-    loss, grads = loss_and_grads(sharded_policy, sharded_reference, batch, backend, loss_type)
+    loss, grads = loss_and_grads(sharded_policy, sharded_reference, batch, backend, objective)
 
     head = sharded_policy.get_output_embeddings().weight
     assert head.numel() == 0 and head.ds_status == ZeroParamStatus.NOT_AVAILABLE  # released after the backward

@@ -145,7 +145,7 @@ def train_sft(base_dir: Path, out_dir: Path, objective: str, rows: list[dict], p
         tokenizer = load_tokenizer(str(base_dir))
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         config = EKSFTConfig(
-            output_dir=str(staging), loss_type=objective, seed=profile.seed, data_seed=profile.seed,
+            output_dir=str(staging), objective=objective, seed=profile.seed, data_seed=profile.seed,
             rho=profile.rho, lambda_entropy=profile.lambda_entropy, lambda_kl=profile.lambda_kl,
             max_steps=profile.sft_steps, per_device_train_batch_size=profile.sft_batch_size,
             learning_rate=profile.sft_lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,

@@ -41,7 +41,7 @@ def train_sft(base_dir: Path, out_dir: Path, objective: str, rows: list[dict], p
         tokenizer = load_tokenizer(str(base_dir))
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         config = EKSFTConfig(
-            output_dir=str(staging), loss_type=objective, seed=seed, data_seed=seed,
+            output_dir=str(staging), objective=objective, seed=seed, data_seed=seed,
             max_steps=profile.sft_steps, per_device_train_batch_size=profile.sft_batch_size,
             learning_rate=profile.sft_lr, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
             max_length=256, use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none",

@@ -84,7 +84,7 @@ def test_evaluation_loss_does_not_depend_on_gradient_accumulation(tiny_model_dir
     eval_losses = []
     for accumulation in (1, 2):
         args = EKSFTConfig(
-            output_dir=str(tmp_path / f"accumulation-{accumulation}"), loss_type="nll", normalization="mean",
+            output_dir=str(tmp_path / f"accumulation-{accumulation}"), objective="nll", normalization="mean",
             gradient_accumulation_steps=accumulation, per_device_train_batch_size=1, per_device_eval_batch_size=2,
             max_steps=1, learning_rate=0.0, use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none",
             save_strategy="no", disable_tqdm=True, max_length=64, seed=0,

@@ -125,7 +125,7 @@ def main() -> None:
 
     config = EKSFTConfig(
         output_dir=args.out,
-        loss_type="asft",
+        objective="asft",
         normalization="token",
         use_cpu=not gpu and not deepspeed,  # DeepSpeed without a GPU: its CPU backend
         bf16=args.bf16,

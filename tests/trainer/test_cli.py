@@ -81,11 +81,11 @@ def test_acceptance_command_for_every_layout(tiny_model, tmp_path, layout):
     assert all(METRICS <= set(line) for line in acceptance_run(tiny_model, data, tmp_path / "out"))
 
 
-@pytest.mark.parametrize("loss_type", OBJECTIVES)
-def test_acceptance_command_for_every_loss_type(tiny_model, tmp_path, loss_type):
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_acceptance_command_for_every_objective(tiny_model, tmp_path, objective):
     data = write_jsonl(tmp_path / "data.jsonl", [LAYOUT_ROWS["sharegpt"](i) for i in range(6)])
-    lines = acceptance_run(tiny_model, data, tmp_path / "out", "--loss_type", loss_type)
-    expected = METRICS if OBJECTIVES[loss_type].needs_reference else METRICS - {"mean_kl"}
+    lines = acceptance_run(tiny_model, data, tmp_path / "out", "--objective", objective)
+    expected = METRICS if OBJECTIVES[objective].needs_reference else METRICS - {"mean_kl"}
     assert all(expected <= set(line) and all(math.isfinite(line[k]) for k in expected) for line in lines)
 
 
@@ -153,7 +153,7 @@ def test_resume_after_an_interruption_ends_with_the_same_weights(tiny_model, dat
     [
         (["--rho", "1.5"], "invalid configuration: rho must be in [0, 1), got 1.5"),
         (["--lambda_kl", "-1"], "invalid configuration: lambda_kl must be >= 0, got -1.0"),
-        (["--loss_type", "sft"], "invalid configuration: loss_type must be one of nll, eksft, dft"),
+        (["--objective", "sft"], "invalid configuration: objective must be one of nll, eksft, dft"),
         (["--dataset_format", "csv"], "unknown dataset layout 'csv'"),
         (["--ref_model_mode", "adapter_disabled"], "ref_model_mode='adapter_disabled' needs a PEFT model"),
         (["--resume_from_checkpoint", "true"], "--resume_from_checkpoint true: no checkpoint in"),

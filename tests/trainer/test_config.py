@@ -31,7 +31,8 @@ def test_every_objective_parameter_is_a_config_field_with_the_same_default_and_h
         ({"lambda_entropy": -0.1}, r"lambda_entropy must be >= 0, got -0.1"),
         ({"combine": "xor"}, r"combine must be one of \('union', 'intersection'\), got 'xor'"),
         ({"eaft_top_k": 1}, r"eaft_top_k must be an integer >= 2, got 1"),
-        ({"loss_type": "sft"}, r"loss_type must be one of nll, eksft, dft, .*mask_only; got 'sft'"),
+        ({"objective": "sft"}, r"objective must be one of nll, eksft, dft, .*mask_only; got 'sft'"),
+        ({"loss_type": "sft"}, r"objective must be one of nll, eksft, .*; got loss_type='sft' \(the objective's option is"),
         ({"ref_model_mode": "shared"}, r"ref_model_mode must be one of auto, copy, adapter_disabled; got 'shared'"),
         ({"label_smoothing_factor": 0.1}, r"label_smoothing_factor is not supported"),
     ],
@@ -52,7 +53,7 @@ def parse_recipe(name: str, *extra: str):
 @pytest.mark.parametrize("name", PAPER_RECIPES)
 def test_paper_recipes_hold_the_papers_hyper_parameters(name):
     data, config, model = parse_recipe(name)
-    assert (config.loss_type, config.rho, config.lambda_entropy, config.lambda_kl) == ("eksft", 0.2, 0.05, 0.05)
+    assert (config.objective, config.rho, config.lambda_entropy, config.lambda_kl) == ("eksft", 0.2, 0.05, 0.05)
     assert (config.num_train_epochs, config.lr_scheduler_type.value, config.warmup_steps) == (8, "cosine", 0.01)
     assert (config.weight_decay, config.adam_beta2, config.bf16, config.max_length >= 8192) == (0.1, 0.95, True, True)
     assert (data.dataset_name, data.dataset_format, data.max_rows) == ("Elliott/Openr1-Math-46k-8192", "openr1", 3000)
@@ -64,8 +65,14 @@ def test_paper_recipes_hold_the_papers_hyper_parameters(name):
 
 
 def test_flags_override_the_recipe():
-    _, config, _ = parse_recipe("tiny_cpu.yaml", "--rho", "0.3", "--loss_type", "dft")
-    assert (config.rho, config.loss_type, config.bf16) == (0.3, "dft", False)
+    _, config, _ = parse_recipe("tiny_cpu.yaml", "--rho", "0.3", "--objective", "dft")
+    assert (config.rho, config.objective, config.bf16) == (0.3, "dft", False)
+
+
+def test_the_old_loss_type_flag_still_selects_the_objective():
+    with pytest.warns(FutureWarning, match="use objective='asft'"):
+        _, config, _ = parse_recipe("tiny_cpu.yaml", "--objective", "eksft", "--loss_type", "asft")
+    assert (config.objective, config.loss_type) == ("asft", "nll")
 
 
 @pytest.mark.parametrize("name, kind", [("deepspeed_zero3", "DEEPSPEED"), ("fsdp", "FSDP"), ("multi_gpu", "MULTI_GPU")])

@@ -1,7 +1,7 @@
 """Mixture-of-Experts models train with the router load-balancing loss, exactly as ``SFTTrainer`` adds it.
 
 Tiny Qwen3-MoE and GPT-OSS models are built from their configs (random weights, the tiny model's tokenizer). With
-``loss_type="nll"`` every logged loss and gradient norm equals ``SFTTrainer``'s, on the chunked and the materialised
+``objective="nll"`` every logged loss and gradient norm equals ``SFTTrainer``'s, on the chunked and the materialised
 path, which holds only if the auxiliary loss is added with the same coefficient and scaling; ``aux_loss`` is logged;
 EKSFT itself trains them and moves the routers.
 """
@@ -49,7 +49,7 @@ def test_nll_with_the_router_loss_matches_sft_trainer(moe_model, messages_datase
     values = {**fast_cpu, "max_steps": 3, "gradient_accumulation_steps": 2, "per_device_train_batch_size": 1}
     ours = EKSFTTrainer(
         moe_model,
-        args=make_config(loss_type="nll", normalization="token", use_chunked_stats=chunked, **values),
+        args=make_config(objective="nll", normalization="token", use_chunked_stats=chunked, **values),
         train_dataset=messages_dataset,
     )
     assert ours.aux_loss_enabled and ours.router_aux_loss_coef == pytest.approx(0.001)
@@ -67,7 +67,7 @@ def test_nll_with_the_router_loss_matches_sft_trainer(moe_model, messages_datase
 
 
 def test_eksft_trains_a_moe_model_and_its_routers(moe_model, messages_dataset, make_config):
-    trainer = EKSFTTrainer(moe_model, args=make_config(loss_type="eksft", max_steps=2), train_dataset=messages_dataset)
+    trainer = EKSFTTrainer(moe_model, args=make_config(objective="eksft", max_steps=2), train_dataset=messages_dataset)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "router" in n or "gate." in n}
     assert before, "no router parameters found"
     trainer.train()
@@ -79,7 +79,7 @@ def test_eksft_trains_a_moe_model_and_its_routers(moe_model, messages_dataset, m
 
 def test_router_aux_loss_coef_zero_turns_it_off(moe_model, messages_dataset, make_config):
     trainer = EKSFTTrainer(
-        moe_model, args=make_config(loss_type="eksft", max_steps=1, router_aux_loss_coef=0.0),
+        moe_model, args=make_config(objective="eksft", max_steps=1, router_aux_loss_coef=0.0),
         train_dataset=messages_dataset,
     )  # fmt: skip
     assert not trainer.aux_loss_enabled

@@ -52,7 +52,7 @@ def test_two_processes_log_what_one_process_with_their_batch_logs(tiny_model, tm
         "--dataset_name",
         str(tmp_path / "data.json"),
     ]
-    args += "--loss_type asft --normalization token --max_steps 3 --max_grad_norm 0".split()
+    args += "--objective asft --normalization token --max_steps 3 --max_grad_norm 0".split()
     args += "--optim sgd --learning_rate 0.5 --lr_scheduler_type constant".split()
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}

@@ -41,13 +41,13 @@ CUDA = pytest.param(
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-@pytest.mark.parametrize("loss_type", ["eksft", "nll"])
+@pytest.mark.parametrize("objective", ["eksft", "nll"])
 def test_bf16_autocast_reaches_the_backbone_in_the_chunked_path(
-    tiny_model, messages_dataset, make_config, loss_type, device
+    tiny_model, messages_dataset, make_config, objective, device
 ):
     trainer = EKSFTTrainer(
         tiny_model,
-        args=make_config(loss_type=loss_type, bf16=True, max_steps=1, use_cpu=device == "cpu"),
+        args=make_config(objective=objective, bf16=True, max_steps=1, use_cpu=device == "cpu"),
         train_dataset=messages_dataset,
     )
     assert trainer.model.device.type == device

@@ -2,7 +2,7 @@
 
 The virtual tokens exist only in the PEFT model's own forward, which the chunked path bypasses (it calls the
 backbone directly); for these adapters the statistics come from the PEFT model's full logits, the virtual positions
-dropped. With ``loss_type="nll"`` the losses equal ``SFTTrainer``'s; with EKSFT the prompt parameters change.
+dropped. With ``objective="nll"`` the losses equal ``SFTTrainer``'s; with EKSFT the prompt parameters change.
 """
 
 import pytest
@@ -27,7 +27,7 @@ def test_prompt_learning_nll_matches_sft_trainer(tiny_model, messages_dataset, m
     from trl import SFTConfig, SFTTrainer
 
     values = {**fast_cpu, "max_steps": 2, "learning_rate": 1e-1}
-    ours = EKSFTTrainer(tiny_model, args=make_config(loss_type="nll", normalization="token", **values),
+    ours = EKSFTTrainer(tiny_model, args=make_config(objective="nll", normalization="token", **values),
                         train_dataset=messages_dataset, peft_config=ADAPTERS[adapter]())  # fmt: skip
     assert ours.prompt_learning
     ours.train()
@@ -40,7 +40,7 @@ def test_prompt_learning_nll_matches_sft_trainer(tiny_model, messages_dataset, m
 
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
 def test_eksft_trains_the_virtual_tokens(tiny_model, messages_dataset, make_config, adapter):
-    trainer = EKSFTTrainer(tiny_model, args=make_config(loss_type="eksft", max_steps=2, learning_rate=1e-1),
+    trainer = EKSFTTrainer(tiny_model, args=make_config(objective="eksft", max_steps=2, learning_rate=1e-1),
                            train_dataset=messages_dataset, peft_config=ADAPTERS[adapter]())  # fmt: skip
     trainable = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable and all("prompt_encoder" in n for n in trainable)

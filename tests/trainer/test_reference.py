@@ -107,5 +107,5 @@ def test_adapter_disabled_needs_a_peft_model(tiny_model, messages_dataset, make_
 
 
 def test_objectives_without_reference_build_none(tiny_model, messages_dataset, make_config):
-    trainer = EKSFTTrainer(tiny_model, args=make_config(loss_type="dft"), train_dataset=messages_dataset)
+    trainer = EKSFTTrainer(tiny_model, args=make_config(objective="dft"), train_dataset=messages_dataset)
     assert trainer.ref_model is None and modules_held(trainer) == ["model", "model_wrapped"]

@@ -21,13 +21,13 @@ def snapshot(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("loss_type", ["nll", "dft"])  # no selection: its top-k counts depend on the batch
+@pytest.mark.parametrize("objective", ["nll", "dft"])  # no selection: its top-k counts depend on the batch
 def test_mean_normalization_accumulation_equals_one_batch_on_identical_rows(tiny_model, make_config, conversation,
-                                                                           loss_type):  # fmt: skip
+                                                                           objective):  # fmt: skip
     # identical rows: the mean over both equals the mean of the two means, so batch 2 x 1 and 1 x 2 must agree,
     # and only if each accumulated micro-batch loss is divided by the number of micro-batches
     data = Dataset.from_list([{"messages": conversation(3)}] * 2)
-    common = dict(loss_type=loss_type, normalization="mean", max_steps=1, optim="sgd", learning_rate=0.5,
+    common = dict(objective=objective, normalization="mean", max_steps=1, optim="sgd", learning_rate=0.5,
                   lr_scheduler_type="constant", max_grad_norm=0.0, seed=1)  # fmt: skip
     results = []
     for batch_size, accumulation in [(2, 1), (1, 2)]:
@@ -48,7 +48,7 @@ def test_mean_normalization_accumulation_equals_one_batch_on_identical_rows(tiny
 def two_batches(tiny_model, make_config, messages_dataset):
     """A trainer one step into an eksft run (so KL > 0 and the selection is not empty), and two micro-batches of
     different sizes: rank 0's and a simulated rank 1's."""
-    args = make_config(loss_type="eksft", normalization="token", max_steps=1, per_device_train_batch_size=3,
+    args = make_config(objective="eksft", normalization="token", max_steps=1, per_device_train_batch_size=3,
                        rho=0.3)  # fmt: skip
     trainer = EKSFTTrainer(tiny_model, args=args, train_dataset=messages_dataset)
     trainer.train()

@@ -1,4 +1,4 @@
-"""Drop-in conformance with TRL: ``EKSFTTrainer`` / ``EKSFTConfig(loss_type="nll")`` behave as ``SFTTrainer`` /
+"""Drop-in conformance with TRL: ``EKSFTTrainer`` / ``EKSFTConfig(objective="nll")`` behave as ``SFTTrainer`` /
 ``SFTConfig`` and give the same losses.
 
 Each test builds both trainers with the same values on the same data (tiny model, 8 rows, 2-3 steps, one thread)
@@ -9,8 +9,9 @@ same losses only without gradient accumulation; asserted below).
 
 Intended differences from ``SFTTrainer`` / ``SFTConfig`` (asserted in the last tests, so that a change is noticed):
 
-* ``loss_type`` defaults to ``"eksft"`` (the paper's objective; ``"nll"`` is plain SFT) and accepts every name of
-  ``eksft.objectives.OBJECTIVES``; a plain ``TrainingArguments`` given as ``args`` therefore trains EKSFT.
+* the objective is ``objective``, which defaults to ``"eksft"`` (the paper's; ``"nll"`` is plain SFT) and accepts every
+  name of ``eksft.objectives.OBJECTIVES``; a plain ``TrainingArguments`` given as ``args`` therefore trains EKSFT,
+  and an ``SFTConfig`` trains its ``loss_type`` (``nll`` or ``dft``).
 * ``logging_steps`` defaults to 1 (TRL: 10): the per-step token statistics are what EKSFT runs are analysed with.
 * ``assistant_only_loss`` defaults to None (auto: True for conversational ``messages`` data, as in the paper; TRL:
   False, every token of a conversation is trained).
@@ -31,6 +32,7 @@ Intended differences from ``SFTTrainer`` / ``SFTConfig`` (asserted in the last t
 import dataclasses
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -51,8 +53,6 @@ INTENDED_DEFAULT_DIFFERENCES = {
     "logging_steps": (10, 1),
     # None = auto: the assistant turns of conversational `messages` data (the paper trains on responses only)
     "assistant_only_loss": (False, None),
-    # the paper's objective; "nll" is SFTTrainer's
-    "loss_type": ("nll", "eksft"),
 }
 # Values that differ only once __post_init__ resolved them (both field defaults are None), on a CPU config
 INTENDED_RESOLVED_DIFFERENCES = {
@@ -61,7 +61,7 @@ INTENDED_RESOLVED_DIFFERENCES = {
 }
 # EKSFTConfig's own fields (the objective, the reference, the statistics, the safety net)
 EKSFT_FIELDS = {
-    "rho", "lambda_entropy", "lambda_kl", "combine", "scope", "normalize_entropy", "kl_floor", "entropy_largest",
+    "objective", "rho", "lambda_entropy", "lambda_kl", "combine", "scope", "normalize_entropy", "kl_floor", "entropy_largest",
     "kl_largest", "normalization", "asft_lambda", "iw_clip", "eaft_top_k", "rho1_ratio", "ref_model_mode",
     "ref_model_name_or_path", "use_chunked_stats", "token_stats_file", "max_nonfinite_steps",
 }  # fmt: skip
@@ -107,9 +107,9 @@ def assert_same_steps(ours, theirs, count: int):
 
 
 def build(cls, model, output_dir, train_dataset, *, eval_dataset=None, peft=False, **values):
-    """``cls`` (EKSFTTrainer or SFTTrainer) with its config; EKSFTConfig gets loss_type="nll", normalization="token"."""
+    """``cls`` (EKSFTTrainer or SFTTrainer) with its config; EKSFTConfig gets objective="nll", normalization="token"."""
     if cls is EKSFTTrainer:
-        args = EKSFTConfig(output_dir=str(output_dir), loss_type="nll", normalization="token", **values)
+        args = EKSFTConfig(output_dir=str(output_dir), objective="nll", normalization="token", **values)
     else:
         args = SFTConfig(output_dir=str(output_dir), **values)
     peft_config = LoraConfig(**LORA) if peft else None
@@ -118,7 +118,7 @@ def build(cls, model, output_dir, train_dataset, *, eval_dataset=None, peft=Fals
 
 @pytest.fixture
 def pair(tiny_model, tmp_path, fast_cpu):
-    """``make(train_dataset, ...) -> (ours, theirs)``: EKSFTTrainer(loss_type="nll", normalization="token") and
+    """``make(train_dataset, ...) -> (ours, theirs)``: EKSFTTrainer(objective="nll", normalization="token") and
     SFTTrainer, built with the same values (FAST_CPU, max_steps 3, then the keyword arguments), trained unless
     ``train=False``. ``model`` is a callable giving a fresh model (default: the tiny model's path), ``peft`` adds
     the same LoRA config to both."""
@@ -224,7 +224,7 @@ def test_options_sft_trainer_refuses_are_refused_with_its_message(tiny_model, co
         SFTTrainer(tiny_model, args=SFTConfig(output_dir=str(tmp_path / "sft"), **{option: True}, **fast_cpu),
                    train_dataset=data)  # fmt: skip
     with pytest.raises(ValueError) as ours:
-        EKSFTTrainer(tiny_model, args=make_config(loss_type="nll", **{option: True}), train_dataset=data)
+        EKSFTTrainer(tiny_model, args=make_config(objective="nll", **{option: True}), train_dataset=data)
     assert message in str(theirs.value) and str(ours.value) == str(theirs.value)
 
 
@@ -289,7 +289,7 @@ def test_args_none_trains_in_a_directory_named_after_the_model(tiny_model, conve
     trainer = EKSFTTrainer(tiny_model, train_dataset=data)
     name = tiny_model.rstrip("/").split("/")[-1]
     assert trainer.args.output_dir == f"{name}-EKSFT"  # SFTTrainer: f"{name}-SFT"
-    assert trainer.args.loss_type == "eksft" and trainer.args.assistant_only_loss is True
+    assert trainer.args.objective == "eksft" and trainer.args.assistant_only_loss is True
     trainer.args.max_steps = 1  # the defaults train 3 epochs; one step shows that it trains
     trainer.train()
     assert len(logged(trainer)) == 1 and (tmp_path / f"{name}-EKSFT" / "token_stats.jsonl").is_file()
@@ -310,7 +310,7 @@ def test_training_arguments_are_converted_with_the_objective_defaults(tiny_model
     assert type(ours.args) is EKSFTConfig and ours.args is not args
     # TrainingArguments' values are kept; what it lacks takes EKSFTConfig's defaults (the objective: EKSFT)
     assert ours.args.max_steps == 2 and ours.args.learning_rate == 1e-2 and ours.args.use_cpu
-    assert ours.args.loss_type == "eksft" and ours.args.assistant_only_loss is True
+    assert ours.args.objective == "eksft" and ours.args.assistant_only_loss is True
     assert ours.ref_model is not None
     ours.train()
     assert len(logged(ours)) == 2 and all(e["kl_term"] >= 0 and math.isfinite(e["loss"]) for e in logged(ours))
@@ -324,7 +324,7 @@ def test_sft_config_is_converted_and_keeps_its_loss_type(tiny_model, conversatio
 
     data = make_dataset("messages", conversation)
     ours = EKSFTTrainer(tiny_model, args=config("eksft"), train_dataset=data)
-    assert type(ours.args) is EKSFTConfig and ours.args.loss_type == loss_type
+    assert type(ours.args) is EKSFTConfig and (ours.args.objective, ours.args.loss_type) == (loss_type, "nll")
     assert ours.args.normalization == "mean"  # equal to SFTTrainer's token normalisation without accumulation
     ours.train()
     theirs = SFTTrainer(tiny_model, args=config("sft"), train_dataset=data)
@@ -414,9 +414,9 @@ def test_default_assistant_only_loss_is_auto(tiny_model, conversation, tmp_path,
     assert ours.train_dataset["labels"] == theirs.train_dataset["labels"]
 
 
-def test_default_loss_type_is_eksft_with_a_reference(tiny_model, conversation, make_config):
+def test_default_objective_is_eksft_with_a_reference(tiny_model, conversation, make_config):
     trainer = EKSFTTrainer(tiny_model, args=make_config(), train_dataset=make_dataset("messages", conversation))
-    assert trainer.args.loss_type == "eksft" and trainer.objective is OBJECTIVES["eksft"]
+    assert trainer.args.objective == "eksft" and trainer.objective is OBJECTIVES["eksft"]
     assert trainer.ref_model is not None  # a frozen copy of the initial weights: SFTTrainer holds one model
 
 
@@ -425,7 +425,7 @@ def test_mean_normalization_differs_from_sft_trainer_under_gradient_accumulation
     values = {**fast_cpu, "max_steps": 2, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2,
               "assistant_only_loss": True}  # fmt: skip
     data = make_dataset("messages", conversation)
-    mean = EKSFTTrainer(tiny_model, args=EKSFTConfig(output_dir=str(tmp_path / "mean"), loss_type="nll", **values),
+    mean = EKSFTTrainer(tiny_model, args=EKSFTConfig(output_dir=str(tmp_path / "mean"), objective="nll", **values),
                         train_dataset=data)  # fmt: skip
     mean.train()
     ours, theirs = pair(data, **values)
@@ -455,13 +455,27 @@ def test_extra_logs_and_refused_options(pair, tiny_model, conversation, make_con
     assert {"ce", "mean_entropy", "frac_masked", "iou", "nonfinite_steps"} <= extra
     assert (Path(ours.args.output_dir) / "token_stats.jsonl").is_file()
     with pytest.raises(ValueError, match="label_smoothing_factor"):
-        make_config(loss_type="nll", label_smoothing_factor=0.1)
+        make_config(objective="nll", label_smoothing_factor=0.1)
     with pytest.raises(ValueError, match="compute_loss_func"):
-        EKSFTTrainer(tiny_model, args=make_config(loss_type="nll"), train_dataset=ours.train_dataset,
+        EKSFTTrainer(tiny_model, args=make_config(objective="nll"), train_dataset=ours.train_dataset,
                      compute_loss_func=lambda outputs, labels, num_items_in_batch=None: outputs.loss)  # fmt: skip
 
 
 def test_deprecated_chunked_nll_alias_is_accepted_like_sft_config():
     with pytest.warns(FutureWarning, match="chunked_nll"):
         config = EKSFTConfig("unused", loss_type="chunked_nll", use_cpu=True)
-    assert config.loss_type == "nll"
+    assert (config.objective, config.loss_type) == ("nll", "nll")
+
+
+def test_loss_type_as_the_objective_selector_is_deprecated_but_works():
+    """In eksft 0.1 the objective was ``loss_type``; SFTConfig's own values (nll, dft) mean what they mean there."""
+    with pytest.warns(FutureWarning, match=r"use objective='rho1' \(--objective rho1\)"):
+        config = EKSFTConfig("unused", loss_type="rho1", use_cpu=True)
+    assert (config.objective, config.loss_type) == ("rho1", "nll")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert EKSFTConfig("unused", loss_type="dft", use_cpu=True).objective == "dft"
+        assert EKSFTConfig("unused", loss_type="dft", objective="dft", use_cpu=True).objective == "dft"
+    assert not [w for w in caught if "loss_type" in str(w.message)]  # SFTConfig's own value: no deprecation
+    with pytest.raises(ValueError, match="objective='asft' and loss_type='dft' disagree"):
+        EKSFTConfig("unused", loss_type="dft", objective="asft", use_cpu=True)

@@ -18,15 +18,15 @@ def snapshot(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("loss_type", ["eksft", "nll", "dft", "rho1", "eaft"])
-def test_training_logs_metrics_and_changes_every_parameter(tiny_model, messages_dataset, make_config, loss_type):
-    trainer = EKSFTTrainer(tiny_model, args=make_config(loss_type=loss_type), train_dataset=messages_dataset)
+@pytest.mark.parametrize("objective", ["eksft", "nll", "dft", "rho1", "eaft"])
+def test_training_logs_metrics_and_changes_every_parameter(tiny_model, messages_dataset, make_config, objective):
+    trainer = EKSFTTrainer(tiny_model, args=make_config(objective=objective), train_dataset=messages_dataset)
     before = snapshot(trainer.model)
     trainer.train()
 
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logged) == 2
-    expected = EKSFT_METRICS if OBJECTIVES[loss_type].needs_reference else set(EKSFT_METRICS) - {"mean_kl"}
+    expected = EKSFT_METRICS if OBJECTIVES[objective].needs_reference else set(EKSFT_METRICS) - {"mean_kl"}
     for entry in logged:
         assert set(expected) <= set(entry), set(expected) - set(entry)
         assert all(math.isfinite(entry[name]) for name in expected)
@@ -41,7 +41,7 @@ def test_nll_matches_trl_sft_trainer(tiny_model, messages_dataset, make_config, 
     from trl import SFTConfig, SFTTrainer
 
     common = {"max_steps": 3, "normalization": "token"}
-    ours = EKSFTTrainer(tiny_model, args=make_config(loss_type="nll", **common), train_dataset=messages_dataset)
+    ours = EKSFTTrainer(tiny_model, args=make_config(objective="nll", **common), train_dataset=messages_dataset)
     ours.train()
     values = {**fast_cpu, "max_steps": 3, "assistant_only_loss": True}
     theirs_args = SFTConfig(output_dir=f"{ours.args.output_dir}-trl", **values)
@@ -66,9 +66,9 @@ def test_one_policy_forward_and_one_reference_forward_per_step(
 ):
     from peft import LoraConfig
 
-    loss_type = "nll" if mode == "no_reference" else "eksft"
+    objective = "nll" if mode == "no_reference" else "eksft"
     peft_config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"]) if mode == "adapter_disabled" else None
-    args = make_config(loss_type=loss_type, use_chunked_stats=chunked, max_steps=3)
+    args = make_config(objective=objective, use_chunked_stats=chunked, max_steps=3)
     trainer = EKSFTTrainer(tiny_model, args=args, train_dataset=messages_dataset, peft_config=peft_config)
     calls = {"policy": [], "reference": []}
     backbone(trainer.model).register_forward_hook(lambda *_: calls["policy"].append(torch.is_grad_enabled()))
@@ -85,12 +85,12 @@ def test_one_policy_forward_and_one_reference_forward_per_step(
         assert calls == {"policy": [True] * steps, "reference": []}
 
 
-@pytest.mark.parametrize("loss_type", ["eksft", "eaft", "rho1", "asft", "iw_sft"])
+@pytest.mark.parametrize("objective", ["eksft", "eaft", "rho1", "asft", "iw_sft"])
 def test_chunked_and_materialised_statistics_give_the_same_loss_and_gradient(
-    tiny_model, messages_dataset, make_config, loss_type
+    tiny_model, messages_dataset, make_config, objective
 ):
     trainer = EKSFTTrainer(
-        tiny_model, args=make_config(loss_type=loss_type, max_steps=1), train_dataset=messages_dataset
+        tiny_model, args=make_config(objective=objective, max_steps=1), train_dataset=messages_dataset
     )
     trainer.train()  # one step, so that the policy differs from the reference (KL > 0)
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
@@ -114,7 +114,7 @@ def test_gradient_accumulation_with_token_normalization_equals_one_large_batch(t
     # two rows of different lengths; plain SGD so that the update is proportional to the gradient
     data = Dataset.from_list([{"messages": conversation(0)}, {"messages": conversation(5)}])
     common = dict(
-        loss_type="nll",
+        objective="nll",
         normalization="token",
         max_steps=1,
         optim="sgd",

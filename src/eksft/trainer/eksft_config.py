@@ -18,6 +18,8 @@ from ..objectives import OBJECTIVES, ObjectiveParams
 from .reference import REF_MODEL_MODES
 from .safety import DEFAULT_MAX_NONFINITE_STEPS, MAX_NONFINITE_STEPS_HELP, check_max_nonfinite_steps
 
+DEFAULT_OBJECTIVE = "eksft"
+
 # The objective's hyper-parameters as config fields: names, types, defaults and help taken from ObjectiveParams
 ObjectiveArguments = make_dataclass(
     "ObjectiveArguments",
@@ -33,7 +35,9 @@ class EKSFTConfig(ObjectiveArguments, SFTConfig):
 
     > Parameters that control the objective
 
-    loss_type: training objective, a name of `eksft.objectives.OBJECTIVES` (default `"eksft"`).
+    objective: training objective, a name of `eksft.objectives.OBJECTIVES` (default `"eksft"`). `loss_type` stays
+        [`trl.SFTConfig`]'s own option: its `"nll"` and `"dft"` select those objectives, and an objective name given
+        as `loss_type` (its name in eksft 0.1) still works, with a deprecation warning.
     rho ... rho1_ratio: the objective's hyper-parameters, declared once in `eksft.objectives.ObjectiveParams` (default,
         help, validation) and made fields here by `ObjectiveArguments`.
 
@@ -61,9 +65,16 @@ class EKSFTConfig(ObjectiveArguments, SFTConfig):
     """
 
     # Parameters that control the objective
-    loss_type: str = field(
-        default="eksft",
+    objective: str = field(
+        default=DEFAULT_OBJECTIVE,
         metadata={"help": f"Training objective, one of: {', '.join(OBJECTIVES)}."},
+    )
+    loss_type: str = field(  # SFTConfig's, redeclared so that an objective name (its eksft 0.1 use) still parses
+        default="nll",
+        metadata={
+            "help": "SFTConfig's loss: 'nll' or 'dft' select those objectives. The objective is `objective`; an "
+            "objective name here (eksft 0.1's spelling) still works, with a deprecation warning."
+        },
     )
     # ... and every field of ObjectiveParams (rho, lambda_entropy, ..., rho1_ratio), from ObjectiveArguments
 
@@ -134,13 +145,9 @@ class EKSFTConfig(ObjectiveArguments, SFTConfig):
 
     def __post_init__(self):
         # Checked before TrainingArguments sets up devices, so that a typo fails fast and before any model loads
-        if self.loss_type == "chunked_nll":  # SFTConfig's deprecated alias of "nll", accepted as SFTConfig accepts it
-            warnings.warn(
-                "loss_type='chunked_nll' is a deprecated alias of 'nll' (TRL); use 'nll'", FutureWarning, stacklevel=3
-            )
-            self.loss_type = "nll"
-        if self.loss_type not in OBJECTIVES:
-            raise ValueError(f"loss_type must be one of {', '.join(OBJECTIVES)}; got {self.loss_type!r}")
+        self._objective_from_loss_type()
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
         if self.ref_model_mode not in REF_MODEL_MODES:
             raise ValueError(f"ref_model_mode must be one of {', '.join(REF_MODEL_MODES)}; got {self.ref_model_mode!r}")
         if self.label_smoothing_factor:
@@ -153,6 +160,33 @@ class EKSFTConfig(ObjectiveArguments, SFTConfig):
         if self.bf16 is None and not self.fp16:
             self.bf16 = not self.use_cpu and is_torch_bf16_gpu_available()
         super().__post_init__()
+
+    def _objective_from_loss_type(self) -> None:
+        """Read ``loss_type`` (SFTConfig's option) into ``objective``, then set it to ``"nll"``: the loss is the
+        objective's, never SFTTrainer's, and SFTTrainer accepts only its own names.
+
+        SFTConfig's ``"dft"`` is the ``dft`` objective, and its deprecated ``"chunked_nll"`` is ``nll``; any other
+        objective name is the option's old use (in eksft 0.1 it selected the objective): accepted with a
+        ``FutureWarning``. A ``loss_type`` that contradicts an ``objective`` given too is an error.
+        """
+        loss_type = self.loss_type
+        if loss_type in (None, "nll"):
+            return
+        chosen = {"chunked_nll": "nll"}.get(loss_type, loss_type)
+        if loss_type == "chunked_nll":
+            warnings.warn("loss_type='chunked_nll' is a deprecated alias of 'nll' (TRL); use 'nll'", FutureWarning,
+                          stacklevel=4)  # fmt: skip
+        elif loss_type != "dft" and loss_type in OBJECTIVES:
+            warnings.warn(f"loss_type={loss_type!r}: the objective is now chosen with `objective` (loss_type is "
+                          f"SFTConfig's own option); use objective={loss_type!r} (--objective {loss_type})",
+                          FutureWarning, stacklevel=4)  # fmt: skip
+        elif loss_type not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got loss_type={loss_type!r} (the "
+                             "objective's option is `objective`)")  # fmt: skip
+        if self.objective not in (DEFAULT_OBJECTIVE, chosen):
+            raise ValueError(f"objective={self.objective!r} and loss_type={loss_type!r} disagree; give only "
+                             f"objective (loss_type is SFTConfig's option, kept for compatibility)")  # fmt: skip
+        self.objective, self.loss_type = chosen, "nll"
 
     def objective_params(self) -> ObjectiveParams:
         """The objective's hyper-parameters, taken from the fields of the same names."""

@@ -88,17 +88,21 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
                     f"args must be an EKSFTConfig (it holds the objective), or a TrainingArguments / SFTConfig to "
                     f"convert into one; got {type(args).__name__}"
                 )
-            # converted as SFTTrainer converts a TrainingArguments: an SFTConfig keeps its fields (loss_type "nll"
-            # trains what SFTTrainer trains); a plain TrainingArguments gets the objective's defaults
+            # converted as SFTTrainer converts a TrainingArguments: an SFTConfig keeps its fields, and its loss_type
+            # ("nll" or "dft") is the objective, so it trains what SFTTrainer trains; a plain TrainingArguments gets
+            # the objective's defaults
             values = args.to_dict()
             for key in values:  # to_dict masks every *_token field (hub_token, and SFTConfig's eos/pad tokens)
                 if key.endswith("_token"):
                     values[key] = getattr(args, key)
+            if "loss_type" in values:
+                values["objective"] = {"chunked_nll": "nll"}.get(values["loss_type"], values["loss_type"])
+                values["loss_type"] = "nll"
             args = EKSFTConfig(**values)
         if kwargs.get("compute_loss_func") is not None:
-            raise ValueError("EKSFTTrainer computes the loss from its objective (loss_type); drop compute_loss_func")
+            raise ValueError("EKSFTTrainer computes the loss from its objective (`objective`); drop compute_loss_func")
         check_parallelism(args)  # before anything is loaded
-        self.objective = OBJECTIVES[args.loss_type]
+        self.objective = OBJECTIVES[args.objective]
         self.objective_params = args.objective_params()
         # checked before SFTTrainer loads the model and creates output_dir
         is_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
@@ -114,21 +118,16 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
         if self.objective.needs_reference and self.ref_model_mode == "copy" and ref_model is None:
             if args.ref_model_name_or_path:  # before SFTTrainer creates output_dir
                 check_reference_path(args.ref_model_name_or_path, model, args)
-        # SFTTrainer accepts only its own loss names; the loss is computed in `compute_loss`, never by SFTTrainer
-        loss_type, args.loss_type = args.loss_type, "nll"
-        try:
-            super().__init__(
-                model,
-                args=args,
-                data_collator=data_collator,
-                train_dataset=train_dataset,
-                eval_dataset=eval_dataset,
-                processing_class=processing_class,
-                peft_config=peft_config,
-                **kwargs,
-            )
-        finally:
-            args.loss_type = loss_type
+        super().__init__(  # args.loss_type is "nll" (EKSFTConfig): the loss is the objective's, in compute_loss
+            model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            peft_config=peft_config,
+            **kwargs,
+        )
         # prompt tuning / prefix tuning / P-tuning: the virtual tokens exist only in the PEFT model's own forward
         prompt_config = _prompt_learning_config(self.model)
         self.prompt_learning = prompt_config is not None
@@ -200,7 +199,7 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
         else:
             stats, outputs = self._materialised_stats(model, model_inputs, labels)
             aux_loss = getattr(outputs, "aux_loss", None) if self.aux_loss_enabled else None
-        result = compute_objective(self.args.loss_type, stats, self.objective_params, num_items_in_batch)
+        result = compute_objective(self.args.objective, stats, self.objective_params, num_items_in_batch)
         loss = self._scale_for_accumulation(result.loss, num_items_in_batch)
         metrics = self._micro_batch_metrics(result.metrics, stats, num_items_in_batch)
         # SFTTrainer's own metrics, on every response token, from the statistics at hand
