@@ -11,6 +11,9 @@ done here instead, one generator per row (see ``PerSampleSampler``). What can st
 batch of another shape can change a logit in its last bits, which in float32 practically never moves a draw, and in
 bfloat16 on a GPU rarely does.
 
+Call sizes: the runner hands the hf backend ``batch_size`` prompts per call and vLLM thousands (``chunk_size``, see
+``eksft.evaluation.sampling``): vLLM schedules the requests of one call itself and is fastest with all of them.
+
 Weights are read from safetensors files only, and a model's own Python code runs only when asked for
 (``trust_remote_code``): a pickle (``pytorch_model.bin``) or remote code can run anything when loaded.
 """
@@ -19,7 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HFGenerator", "PerSampleSampler", "SamplingSettings", "VLLMGenerator", "make_generator", "vllm_available"]
+__all__ = [
+    "VLLM_DEFAULTS", "HFGenerator", "PerSampleSampler", "SamplingSettings", "VLLMGenerator", "check_vllm_options",
+    "make_generator", "vllm_available",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -116,38 +122,104 @@ class HFGenerator:
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 
+def check_vllm_options(tensor_parallel_size: int = 1, data_parallel_size: int = 1,
+                       gpu_memory_utilization: float = 0.9, max_model_len: int | None = None) -> None:  # fmt: skip
+    """Refuse vLLM engine options that cannot work, before anything is loaded (the command line can call it first).
+
+    Data parallelism is refused above 1: vLLM's offline ``LLM`` drives one engine from one process, and since vLLM
+    0.11.1 its constructor raises on ``data_parallel_size > 1`` ("not supported for single-process usage and may
+    hang"; older versions accepted the argument and could hang). The equivalent is one engine per GPU group, each in
+    its own process; see the message below.
+    """
+    from ..errors import UserError
+
+    if type(tensor_parallel_size) is not int or tensor_parallel_size < 1:
+        raise UserError(f"tensor_parallel_size must be an integer >= 1; got {tensor_parallel_size!r}")
+    if type(data_parallel_size) is not int or data_parallel_size < 1:
+        raise UserError(f"data_parallel_size must be an integer >= 1; got {data_parallel_size!r}")
+    if data_parallel_size > 1:
+        raise UserError(
+            f"data_parallel_size={data_parallel_size}: vLLM's offline engine (LLM) runs in one process and refuses "
+            "data parallelism. Its equivalent: one eksft eval per GPU (CUDA_VISIBLE_DEVICES=0 eksft eval ..., "
+            "CUDA_VISIBLE_DEVICES=1 eksft eval ...), each with its own benchmarks and --output-dir, then one table "
+            "with eksft eval --report DIR1 DIR2; or spread one engine over the GPUs with tensor_parallel_size"
+        )  # fmt: skip
+    if not 0 < gpu_memory_utilization <= 1:
+        raise UserError(f"gpu_memory_utilization must be in (0, 1]; got {gpu_memory_utilization!r}")
+    if max_model_len is not None and (type(max_model_len) is not int or max_model_len < 1):
+        raise UserError(f"max_model_len must be an integer >= 1 (or None: the model's own); got {max_model_len!r}")
+
+
 class VLLMGenerator:
-    """The same outputs from vLLM; one request per prompt, each with its own seed."""
+    """The same outputs from vLLM; one request per prompt, each with its own seed.
+
+    Engine options, passed to ``vllm.LLM``: ``tensor_parallel_size`` (GPUs one engine is split over),
+    ``gpu_memory_utilization`` (the share of each GPU's memory vLLM takes for weights and KV cache; lower it when
+    something else shares the GPU) and ``max_model_len`` (the context, prompt plus completion, that the engine
+    reserves KV cache for; None takes the model's, which for a model whose config claims a long context can leave
+    too little memory: lower it to prompt length + ``max_new_tokens``). ``data_parallel_size`` above 1 is refused,
+    see :func:`check_vllm_options`. ``use_tqdm`` shows vLLM's own progress bar inside each call: the runner's bar
+    advances once per call, and a call is thousands of requests.
+
+    ``generate`` takes any number of prompts; the runner gives it thousands at once (``EvalSettings.chunk_size``),
+    which vLLM schedules itself.
+    """
 
     def __init__(self, model_dir: str, tokenizer, settings: SamplingSettings, dtype: str = "auto",
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 trust_remote_code: bool = False) -> None:  # fmt: skip
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False,
+                 *, data_parallel_size: int = 1, max_model_len: int | None = None,
+                 use_tqdm: bool = False) -> None:  # fmt: skip
+        check_vllm_options(tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len)
         from vllm import LLM
 
         self.llm = LLM(model=model_dir, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                       gpu_memory_utilization=gpu_memory_utilization, load_format="safetensors",
-                       trust_remote_code=trust_remote_code)  # fmt: skip
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                       load_format="safetensors", trust_remote_code=trust_remote_code)  # fmt: skip
         self.tokenizer = tokenizer
         self.settings = settings
+        self.use_tqdm = use_tqdm
 
-    def generate(self, prompts: list[str], seeds: list[int]) -> list[str]:
+    def requests(self, prompts: list[str], seeds: list[int]) -> tuple[list[dict], list]:
+        """What ``generate`` hands the engine: one request per prompt, as token ids without special tokens (the chat
+        template already wrote any BOS, and vLLM would add a second one to a text; a prompt repeated for its samples
+        is tokenized once), and one ``SamplingParams`` per request with its seed."""
         from vllm import SamplingParams
 
+        unique = list(dict.fromkeys(prompts))
+        ids = dict(zip(unique, self.tokenizer(unique, add_special_tokens=False)["input_ids"], strict=True))
         params = [
             SamplingParams(temperature=self.settings.temperature, top_p=self.settings.top_p,
                            max_tokens=self.settings.max_new_tokens, seed=seed, skip_special_tokens=True)
             for seed in seeds
         ]  # fmt: skip
-        # token ids, so that vLLM does not add a second BOS to a text whose template already has one
-        requests = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        return [{"prompt_token_ids": ids[prompt]} for prompt in prompts], params
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> list[str]:
+        requests, params = self.requests(prompts, seeds)
+        outputs = self.llm.generate(requests, params, use_tqdm=self.use_tqdm)  # in the order of the requests
         return [output.outputs[0].text for output in outputs]
 
 
+VLLM_DEFAULTS = {"tensor_parallel_size": 1, "data_parallel_size": 1, "gpu_memory_utilization": 0.9,
+                 "max_model_len": None}  # fmt: skip
+
+
 def make_generator(backend: str, model_dir: str, tokenizer, settings: SamplingSettings, dtype: str = "auto",
-                   trust_remote_code: bool = False):  # fmt: skip
+                   trust_remote_code: bool = False, *, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
+                   gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
+                   use_tqdm: bool = False):  # fmt: skip
+    """The backend's generator. The vLLM engine options (see :class:`VLLMGenerator`) must keep their defaults with
+    the hf backend: an option meant for vLLM is refused rather than silently ignored."""
+    from ..errors import UserError
+
+    options = {"tensor_parallel_size": tensor_parallel_size, "data_parallel_size": data_parallel_size,
+               "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len}  # fmt: skip
     if backend == "hf":
+        changed = [f"{key}={value!r}" for key, value in options.items() if value != VLLM_DEFAULTS[key]]
+        if changed:
+            raise UserError(f"{', '.join(changed)}: vLLM engine options, for backend vllm only (backend is hf)")
         return HFGenerator(model_dir, tokenizer, settings, dtype=dtype, trust_remote_code=trust_remote_code)
     if backend == "vllm":
-        return VLLMGenerator(model_dir, tokenizer, settings, dtype=dtype, trust_remote_code=trust_remote_code)
+        return VLLMGenerator(model_dir, tokenizer, settings, dtype=dtype, trust_remote_code=trust_remote_code,
+                             use_tqdm=use_tqdm, **options)  # fmt: skip
     raise ValueError(f"unknown backend {backend!r}")

@@ -8,7 +8,9 @@ Layout of an output directory::
     OUT/<benchmark>/results.json            that benchmark's metrics, written only when it is done
 
 Nothing is lost: each batch of samples is appended to ``samples.jsonl`` (``problem_id``, ``sample``, ``text``,
-``answer`` extracted, ``gold``, ``correct``) and flushed to disk (``fsync``) before the next batch starts. A rerun
+``answer`` extracted, ``gold``, ``correct``) and flushed to disk (``fsync``) as soon as it is graded: with the hf
+backend before the next batch starts, with vllm (chunks of thousands of requests, graded while the next chunk
+generates) before the next chunk's results are written; see ``eksft.evaluation.sampling``. A rerun
 with the same output directory reads what is there and generates only the missing (problem, sample) pairs, so a
 larger ``--num-samples`` or ``--limit`` extends a finished run. The rerun must use the same model and sampling
 settings (``run.json``); mixing samples drawn differently would make the metrics meaningless.
@@ -18,7 +20,7 @@ What a kill at any moment can leave, and what the next run does with it:
 * a line is a record once its newline is on disk: bytes after the last newline are the torn write of a killed run,
   ignored when reading and cut off before the next append, so a bad line can never end up inside the file; a bad
   line that is followed by a newline is damage, and an error naming the file and line;
-* a batch whose write fails (disk full, Ctrl-C) is cut back off, so the file holds whole batches;
+* a batch (or chunk) whose write fails (disk full, Ctrl-C) is cut back off, so the file holds whole batches;
 * each (problem, sample) is drawn once: the rerun draws the pairs missing from the file, in the same order, with
   the same per-sample seeds, so an interrupted and resumed run ends with the bytes an uninterrupted one writes
   (exactly in float32 on a CPU; in bf16 on a GPU a batch of another shape can rarely change a token);
@@ -34,17 +36,16 @@ import contextlib
 import json
 import os
 import sys
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UserError
 from ..files import append_jsonl_fd, check_writable, jsonl_lines, parse_object, write_text_atomic
-from ..grading import extract_answer, grade_batch
 from .benchmarks import Benchmark
 from .metrics import pass_at_k_table
 from .report import average_metrics, render_table
+from .sampling import DEFAULT_CHUNK_SIZE, draw, missing_pairs, sample_seed
 
 try:
     import fcntl
@@ -53,7 +54,7 @@ except ImportError:  # Windows: no flock; keeping one run per output directory i
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE", "EvalSettings", "SampleScan", "check_output", "evaluate",
-    "format_prompt", "read_samples", "run_identity", "scan_samples",
+    "format_prompt", "read_samples", "run_identity", "sample_seed", "scan_samples",
 ]  # fmt: skip
 
 DEFAULT_PROMPT_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -63,6 +64,10 @@ _DAMAGED = "the file is damaged: delete that line (its sample is drawn again) an
 
 @dataclass(frozen=True)
 class EvalSettings:
+    """How a run samples. ``batch_size`` is the prompts per generation call of the hf backend, ``chunk_size`` that
+    of the vllm backend (thousands: vLLM batches internally and wants every request at once); neither changes a
+    sample, so neither is part of :meth:`sampling_identity`."""
+
     model: str
     num_samples: int = 1
     ks: tuple[int, ...] = (1,)
@@ -75,6 +80,7 @@ class EvalSettings:
     chat_template: bool = True
     batch_size: int = 8
     backend: str = "hf"
+    chunk_size: int = DEFAULT_CHUNK_SIZE
 
     def sampling_identity(self) -> dict:
         """What decides how a sample is drawn; a rerun must match it to reuse the samples on disk."""
@@ -98,11 +104,6 @@ def format_prompt(tokenizer, problem: str, settings: EvalSettings) -> str:
     messages = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
     messages.append({"role": "user", "content": user})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def sample_seed(seed: int, problem_id: int, sample: int) -> int:
-    """A stable seed per (problem, sample), the same in every process and on every rerun."""
-    return zlib.crc32(f"{seed}/{problem_id}/{sample}".encode())
 
 
 # ---- reading what is on disk (nothing here writes) ----------------------------------------------------------------
@@ -223,6 +224,9 @@ def check_output(benchmarks: list[Benchmark], settings: EvalSettings, output_dir
     output_dir = Path(output_dir)
     if len({b.name for b in benchmarks}) != len(benchmarks):
         raise UserError(f"two benchmarks share a name ({', '.join(b.name for b in benchmarks)}); rename a file")
+    for name in ("batch_size", "chunk_size"):
+        if getattr(settings, name) < 1:
+            raise UserError(f"{name} must be >= 1; got {getattr(settings, name)}")
     for k in settings.ks:
         if not 1 <= k <= settings.num_samples:
             raise UserError(f"k={k} needs at least {k} samples per problem; --num-samples is {settings.num_samples}")
@@ -300,24 +304,6 @@ def _opened_samples(path: Path, scan: SampleScan) -> Iterator[tuple[int, SampleS
         os.close(fd)
 
 
-def _todo(benchmark: Benchmark, num_samples: int, done: set[tuple[int, int]]) -> list[tuple[int, int]]:
-    return [(p.id, s) for p in benchmark.problems for s in range(num_samples) if (p.id, s) not in done]
-
-
-def _draw(batch: list[tuple[int, int]], problems: dict, prompts: dict[int, str], generate, prompt_of,
-          settings: EvalSettings) -> list[dict]:  # fmt: skip
-    """The graded records of one batch of (problem, sample) pairs."""
-    for pid, _ in batch:
-        if pid not in prompts:
-            prompts[pid] = prompt_of(problems[pid].problem)
-    texts = generate([prompts[pid] for pid, _ in batch], [sample_seed(settings.seed, pid, s) for pid, s in batch])
-    golds = [problems[pid].answer for pid, _ in batch]
-    return [
-        {"problem_id": pid, "sample": s, "text": text, "answer": extract_answer(text), "gold": gold, "correct": ok}
-        for (pid, s), text, gold, ok in zip(batch, texts, golds, grade_batch(texts, golds), strict=True)
-    ]
-
-
 def _sample(run: Run, generate, prompt_of, settings: EvalSettings, progress: bool) -> list[dict]:
     """Draw, grade and append the missing samples of ``run``; returns every record of the file (without texts)."""
     from tqdm.auto import tqdm
@@ -326,19 +312,21 @@ def _sample(run: Run, generate, prompt_of, settings: EvalSettings, progress: boo
     with _opened_samples(path, run.scan) as (fd, scan):
         _check_golds(scan, benchmark, path)
         records = list(scan.records)
-        todo = _todo(benchmark, settings.num_samples, {(r["problem_id"], r["sample"]) for r in records})
+        done = {(r["problem_id"], r["sample"]) for r in records}
+        todo = missing_pairs(benchmark.problems, settings.num_samples, done)
         if todo:
             (run.directory / RESULTS_FILE).unlink(missing_ok=True)  # it would describe fewer samples than asked for
         if records and progress:
             print(f"{benchmark.name}: resuming, {len(records)} samples on disk, {len(todo)} to generate", file=sys.stderr)
-        problems, prompts = {p.id: p for p in benchmark.problems}, {}
         with tqdm(total=len(todo), desc=f"{benchmark.name}: sampling", unit="sample", disable=not progress,
                   dynamic_ncols=True) as bar:  # fmt: skip
-            for start in range(0, len(todo), settings.batch_size):
-                new = _draw(todo[start : start + settings.batch_size], problems, prompts, generate, prompt_of, settings)
+
+            def write(new: list[dict]) -> None:  # with vllm, called from the grading thread, one chunk at a time
                 _append(fd, path, new)
-                records += [{k: v for k, v in record.items() if k != "text"} for record in new]
+                records.extend({k: v for k, v in record.items() if k != "text"} for record in new)
                 bar.update(len(new))
+
+            draw(todo, {p.id: p for p in benchmark.problems}, generate, prompt_of, settings, write)
     return records
 
 
@@ -388,9 +376,11 @@ def evaluate(
 ) -> dict:
     """Run every benchmark (resuming what is on disk); write ``results.json`` and ``results.md`` when all are done.
 
-    ``generate(prompts, seeds)`` returns one completion per prompt (see ``eksft.evaluation.generation``);
-    ``prompt_of(problem)`` builds the prompt text (``format_prompt`` with a tokenizer). ``checked`` is what
-    :func:`check_output` returned, when the caller ran it already (the command line does, before loading a model).
+    ``generate(prompts, seeds)`` returns one completion per prompt (see ``eksft.evaluation.generation``); it gets
+    ``settings.batch_size`` prompts per call with ``settings.backend`` hf, ``settings.chunk_size`` with vllm (see
+    ``eksft.evaluation.sampling``). ``prompt_of(problem)`` builds the prompt text (``format_prompt`` with a
+    tokenizer). ``checked`` is what :func:`check_output` returned, when the caller ran it already (the command line
+    does, before loading a model).
     """
     output_dir = Path(output_dir)
     runs = checked if checked is not None else check_output(benchmarks, settings, output_dir)
