@@ -14,6 +14,7 @@ import types
 from types import SimpleNamespace
 
 import pytest
+import trl.scripts.utils  # noqa: F401  imported before the fake vllm module: TRL looks vLLM up on import
 
 from eksft.errors import UserError
 from eksft.evaluation import runner, sampling
@@ -238,3 +239,36 @@ def test_a_chunk_size_below_1_is_refused(tmp_path):
     benchmark = Benchmark(BenchmarkSpec("toy", "/data/toy.jsonl"), list(PROBLEMS))
     with pytest.raises(UserError, match="chunk_size must be >= 1; got 0"):
         check_output([benchmark], settings(chunk_size=0), tmp_path)
+
+
+def test_eval_command_hands_vllm_its_chunks_and_engine_options(tiny_model_dir, five_problems, tmp_path, monkeypatch,
+                                                                capsys):  # fmt: skip
+    """``eksft eval --backend vllm`` as a user types it: the chunk size and the engine options reach the engine, and
+    the same options with the hf backend are refused before anything loads."""
+    from eksft import cli
+    from eksft.evaluation import generation
+
+    class AnswersOne(FakeLLM):
+        def generate(self, requests, params, use_tqdm=True):
+            self.calls.append(len(requests))
+            return [SimpleNamespace(outputs=[SimpleNamespace(text="\\boxed{2}")]) for _ in requests]
+
+    monkeypatch.setattr(sys.modules["vllm"], "LLM", AnswersOne)
+    monkeypatch.setattr(generation, "vllm_available", lambda: True)
+    out = tmp_path / "eval"
+    engine = ["--tensor_parallel_size", "2", "--gpu-memory-utilization", "0.5", "--max_model_len", "512"]
+    assert cli.main(["eval", "--model", tiny_model_dir, "--benchmark", five_problems, "--num-samples", "3",
+                     "--backend", "vllm", "--chunk_size", "4", *engine, "--output_dir", str(out),
+                     "--no_progress"]) == 0  # fmt: skip
+    (llm,) = FakeLLM.created
+    assert llm.calls == [4, 4, 4, 3]  # 5 problems x 3 samples in chunks of 4
+    assert (llm.kwargs["tensor_parallel_size"], llm.kwargs["gpu_memory_utilization"], llm.kwargs["max_model_len"]) \
+        == (2, 0.5, 512)  # fmt: skip
+    assert json.loads((out / "results.json").read_text())["benchmarks"]["five"]["num_problems"] == 5
+    capsys.readouterr()
+
+    assert cli.main(["eval", "--model", tiny_model_dir, "--benchmark", five_problems, *engine,
+                     "--output_dir", str(tmp_path / "hf")]) == 2  # fmt: skip
+    assert "--tensor_parallel_size, --gpu_memory_utilization, --max_model_len: options of --backend vllm" \
+        in capsys.readouterr().err  # fmt: skip
+    assert not (tmp_path / "hf").exists()

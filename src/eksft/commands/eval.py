@@ -20,6 +20,7 @@ from typing import Literal
 from ..errors import UserError
 from ..evaluation.benchmarks import BENCHMARKS
 from ..evaluation.runner import DEFAULT_PROMPT_TEMPLATE
+from ..evaluation.sampling import DEFAULT_CHUNK_SIZE
 from ..loading import load_tokenizer
 from .options import option, parse_options, repeatable
 
@@ -44,8 +45,14 @@ class EvalArguments:
     temperature: float = option(0.6, "sampling temperature; 0 = greedy")
     top_p: float = option(0.95, "nucleus sampling threshold")
     max_new_tokens: int = option(8192, "longest completion in tokens")
-    batch_size: int = option(8, "sequences per generation call")
+    batch_size: int = option(8, "hf backend: sequences per generation call")
     backend: Literal["hf", "vllm"] = option("hf", "hf: transformers generate (CPU or GPU); vllm: vLLM, when installed")
+    chunk_size: int = option(DEFAULT_CHUNK_SIZE, "vllm backend: requests per LLM.generate call (the pending samples "
+                                                 "of a benchmark, in chunks of this size)")  # fmt: skip
+    tensor_parallel_size: int = option(1, "vllm backend: GPUs one engine is split over")
+    gpu_memory_utilization: float = option(0.9, "vllm backend: fraction of each GPU's memory the engine may use")
+    max_model_len: int | None = option(None, "vllm backend: longest prompt + completion in tokens (none: the model's "
+                                             "own limit)")  # fmt: skip
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
         "auto", "weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
     output_dir: str | None = option(None, "where samples and results go (rerun with it to resume)", metavar="DIR")
@@ -95,6 +102,29 @@ def _check_numbers(args) -> None:
         raise UserError(f"--prompt-template must contain {{problem}}; got {args.prompt_template!r}")
 
 
+def _engine_options(args) -> dict:
+    return {"tensor_parallel_size": args.tensor_parallel_size, "gpu_memory_utilization": args.gpu_memory_utilization,
+            "max_model_len": args.max_model_len}  # fmt: skip
+
+
+def _check_backend_options(args) -> None:
+    """vLLM's options checked before anything is read; with the hf backend they must keep their defaults."""
+    from ..evaluation.generation import VLLM_DEFAULTS, check_vllm_options, vllm_available
+
+    options = {**_engine_options(args), "chunk_size": args.chunk_size}
+    defaults = {**VLLM_DEFAULTS, "chunk_size": DEFAULT_CHUNK_SIZE}
+    if args.backend == "hf":
+        changed = [f"--{key}" for key, value in options.items() if value != defaults[key]]
+        if changed:
+            raise UserError(f"{', '.join(changed)}: options of --backend vllm; drop them, or add --backend vllm")
+        return
+    if args.chunk_size < 1:
+        raise UserError(f"--chunk_size must be >= 1; got {args.chunk_size}")
+    check_vllm_options(**_engine_options(args))
+    if not vllm_available():
+        raise UserError("--backend vllm: vLLM is not installed (pip install 'eksft[vllm]'); or use --backend hf")
+
+
 def _report(args) -> int:
     from ..evaluation.report import load_results, render_table
 
@@ -124,7 +154,8 @@ def _load_and_evaluate(args, benchmarks, tokenizer, settings, runs) -> dict:
     sampling = SamplingSettings(args.temperature, args.top_p, args.max_new_tokens)
     try:
         generator = make_generator(args.backend, settings.model, tokenizer, sampling, dtype=args.dtype,
-                                   trust_remote_code=args.trust_remote_code)  # fmt: skip
+                                   trust_remote_code=args.trust_remote_code, use_tqdm=not args.no_progress,
+                                   **_engine_options(args))  # fmt: skip
     except (OSError, ValueError) as err:
         raise UserError(f"--model {args.model}: cannot load the model weights: {err}") from None
     try:
@@ -146,14 +177,12 @@ def main(argv: list[str]) -> int:
         if not value:
             raise UserError(f"{flag} is required (or use --report to print a table from finished runs)")
     _check_numbers(args)
+    _check_backend_options(args)
     ks = parse_ks(args.k, args.num_samples)
 
     from ..evaluation.benchmarks import load_benchmark, resolve
-    from ..evaluation.generation import vllm_available
     from ..evaluation.runner import EvalSettings, check_output
 
-    if args.backend == "vllm" and not vllm_available():
-        raise UserError("--backend vllm: vLLM is not installed (pip install 'eksft[vllm]'); or use --backend hf")
     benchmarks = [load_benchmark(resolve(name, args.problem_field, args.answer_field), args.limit)
                   for name in args.benchmark]  # fmt: skip
     tokenizer = load_tokenizer(args.model, trust_flag="--trust-remote-code", trust_remote_code=args.trust_remote_code)
@@ -165,7 +194,7 @@ def main(argv: list[str]) -> int:
         model=model, num_samples=args.num_samples, ks=ks, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, seed=args.seed, prompt_template=args.prompt_template,
         system_prompt=args.system_prompt, chat_template=args.chat_template, batch_size=args.batch_size,
-        backend=args.backend,
+        backend=args.backend, chunk_size=args.chunk_size,
     )  # fmt: skip
     runs = check_output(benchmarks, settings, args.output_dir)  # before the (slow) model load
     summary = _load_and_evaluate(args, benchmarks, tokenizer, settings, runs)
