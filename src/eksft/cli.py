@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "grpo": ("grpo", "RL with verifiable math rewards after SFT (TRL GRPOTrainer)"),
     "eval": ("eval", "pass@k evaluation on AIME / AMC / HMMT / MATH-500 or a local JSONL"),
     "analyze": ("analyze", "parameter drift, distribution shift and entropy/KL token-set overlap, with plots"),
+    "merge": ("merge", "merge a LoRA adapter folder into its base model, written as a full model directory"),
     "tiny-model": ("tiny_model", "write a tiny Qwen3-architecture model and tokenizer, offline"),
     "smollm2": ("smollm2", "write SmolLM2-135M-Instruct (a real chat model, float32 from GGUF) to a directory, offline"),
     "demo": ("demo", "the offline end-to-end demo on a tiny model"),

@@ -17,27 +17,37 @@ from .errors import UserError
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
 
-def load_tokenizer(model: str, flag: str = "--model", *, trust_flag: str = "--trust_remote_code true", **kwargs):
+def load_tokenizer(model: str, flag: str = "--model", *, trust_flag: str = "--trust_remote_code true",
+                   adapters: bool = False, **kwargs):  # fmt: skip
     """The model's tokenizer, after checking that ``model`` is a model (a config and a tokenizer).
 
-    ``trust_flag`` is how the calling command spells "run the model's own code", for the message refusing it.
+    ``trust_flag`` is how the calling command spells "run the model's own code", for the message refusing it. A LoRA
+    adapter folder (``eksft.adapters``) is taken when ``adapters`` is true (its config is its base model's), and
+    refused with the merge command otherwise.
     """
     from transformers import AutoConfig, AutoTokenizer
+
+    from .adapters import adapter_base, adapter_refusal, is_adapter_dir
 
     path = Path(model).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {model} is a file; give the model directory")
-    if path.is_dir() and not (path / "config.json").is_file():
+    config_source = model
+    if path.is_dir() and is_adapter_dir(path):
+        if not adapters:
+            raise adapter_refusal(model, flag, "this command needs a full model")
+        config_source = adapter_base(path)
+    elif path.is_dir() and not (path / "config.json").is_file():
         raise UserError(f"{flag} {model} is not a model directory: it has no config.json")
     if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise UserError(f"{flag} {model}: cannot load its tokenizer: none of {', '.join(TOKENIZER_FILES)} is there "
                         "(save the tokenizer next to the model)")  # fmt: skip
     if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
         raise UserError(f"{flag} {model}: no such directory; give a model directory or a hub id (owner/name)")
-    if path.is_dir() and not kwargs.get("trust_remote_code"):
-        _refuse_custom_code(path, flag, trust_flag)
+    if Path(config_source).is_dir() and not kwargs.get("trust_remote_code"):  # an adapter's: its base's code
+        _refuse_custom_code(Path(config_source), flag, trust_flag)
     try:
-        AutoConfig.from_pretrained(model, **kwargs)
+        AutoConfig.from_pretrained(config_source, **kwargs)
     except (OSError, ValueError) as err:
         raise UserError(f"{flag} {model}: cannot read the model config: {err}") from None
     try:

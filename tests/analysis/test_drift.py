@@ -108,7 +108,7 @@ def test_bad_directories(base_dir, tmp_path):
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     (adapter / "adapter_model.safetensors").write_bytes(b"")
-    with pytest.raises(UserError, match="PEFT adapter.*merge"):
+    with pytest.raises(UserError, match="is a LoRA adapter folder.*eksft merge"):
         parameter_drift(adapter, base_dir)
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..adapters import ADAPTER_CONFIG, adapter_refusal
 from ..errors import UserError
 from ..loading import pickle_refusal
 
@@ -38,7 +39,6 @@ __all__ = [
 
 SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_FILE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
-ADAPTER_CONFIG = "adapter_config.json"
 _CHUNK = 1 << 22  # elements per float64 chunk (32 MiB): bounds memory for embeddings of 150k x 8k
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
@@ -226,12 +226,7 @@ def find_weights(path: str | os.PathLike) -> tuple[Path, str]:
         if (path / name).is_file():
             raise pickle_refusal(str(path), [name], path)
     if (path / ADAPTER_CONFIG).is_file():
-        raise UserError(
-            f"{path} holds a PEFT adapter ({ADAPTER_CONFIG}) and no full model weights; merge the adapter into its "
-            "base first, e.g. python -c \"from peft import AutoPeftModelForCausalLM as M; "
-            f"m = M.from_pretrained('{path}'); m.merge_and_unload().save_pretrained('{path}-merged')\" "
-            f"(and copy the tokenizer files), then analyze {path}-merged"
-        )
+        raise adapter_refusal(path, "--model", "parameter drift is read from full model weights")
     raise UserError(f"{path} is not a Hugging Face model directory: it has no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}")
 
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..adapters import adapter_base, adapter_refusal, is_adapter_dir
 from ..errors import UserError
 from ..evaluation.benchmarks import BENCHMARKS
 from ..evaluation.runner import DEFAULT_PROMPT_TEMPLATE
 from ..evaluation.sampling import DEFAULT_CHUNK_SIZE
 from ..loading import load_tokenizer
 from .options import option, parse_options, repeatable
-
 
 DESCRIPTION = (
     "Sample completions for math benchmarks, grade them with math-verify, and report avg@n and pass@k. Samples are "
@@ -139,9 +139,11 @@ def _report(args) -> int:
 
 def _check_weights(model: str) -> None:
     """A local model must hold safetensors weights (a hub id is held to that by ``use_safetensors=True``): a
-    pickled checkpoint is refused with the command that converts it."""
+    pickled checkpoint is refused with the command that converts it. For a LoRA adapter folder, its base."""
     from ..analysis.drift import find_weights
 
+    if is_adapter_dir(model):
+        model = adapter_base(model)
     if Path(model).is_dir():
         find_weights(model)
 
@@ -185,7 +187,11 @@ def main(argv: list[str]) -> int:
 
     benchmarks = [load_benchmark(resolve(name, args.problem_field, args.answer_field), args.limit)
                   for name in args.benchmark]  # fmt: skip
-    tokenizer = load_tokenizer(args.model, trust_flag="--trust-remote-code", trust_remote_code=args.trust_remote_code)
+    if args.backend == "vllm" and is_adapter_dir(args.model):
+        raise adapter_refusal(args.model, "--model", "--backend vllm serves full models (or use --backend hf, which "
+                              "merges the adapter in memory)")  # fmt: skip
+    tokenizer = load_tokenizer(args.model, trust_flag="--trust_remote_code", adapters=True,
+                               trust_remote_code=args.trust_remote_code)  # fmt: skip
     model = str(Path(args.model).expanduser().resolve()) if Path(args.model).expanduser().is_dir() else args.model
     _check_weights(model)
     if args.chat_template and not tokenizer.chat_template:

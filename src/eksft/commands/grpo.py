@@ -62,4 +62,4 @@ def main(argv: list[str]) -> int:
         model_args,
         config,
     )  # fmt: skip
-    return train_and_save(trainer, resume, "eksft grpo", argv)
+    return train_and_save(trainer, resume, "eksft grpo", argv, data_args.dataset_name)

@@ -92,10 +92,10 @@ def _config_argv(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 def parse_options(dataclass_types: tuple, argv: list[str], prog: str, description: str | None = None,
-                  positional: tuple[str, str] | None = None) -> tuple:  # fmt: skip
+                  positionals: tuple[tuple[str, str], ...] = ()) -> tuple:  # fmt: skip
     """One instance per dataclass, from ``--config FILE`` (optional) and flags, which override it.
 
-    ``positional=(name, help)`` adds one positional argument, returned last as an ``argparse.Namespace``.
+    ``positionals=((name, help), ...)`` adds positional arguments, returned last as one ``argparse.Namespace``.
     A configuration problem is a ``UserError``; argparse still exits (``SystemExit``) on ``--help`` and on a bad
     command line, after printing the usage.
     """
@@ -104,8 +104,8 @@ def parse_options(dataclass_types: tuple, argv: list[str], prog: str, descriptio
         _check_config_file(path)
     parser = _parser_class()(dataclass_types, prog=prog, description=description)
     parser.config_path = path
-    if positional:
-        parser.add_argument(positional[0], metavar=positional[0].upper(), help=positional[1])
+    for name, help in positionals:
+        parser.add_argument(name, metavar=name.upper(), help=help)
     try:
         return tuple(parser.parse_args_and_config(argv))
     except (ValueError, TypeError) as err:  # the dataclasses validate their values, naming the field

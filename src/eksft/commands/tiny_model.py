@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from ..errors import UserError
 from .options import option, parse_options
 
-
 DESCRIPTION = (
     "Write a tiny Qwen3-architecture causal LM and a byte-level BPE tokenizer trained on the synthetic math world, in "
     "Hugging Face format, without any download. With --pretrain_steps N the model is pre-trained on the world corpus "
@@ -34,7 +33,7 @@ class TinyModelArguments:
 
 def main(argv: list[str]) -> int:
     args, positional = parse_options((TinyModelArguments,), argv, "eksft tiny-model", DESCRIPTION,
-                                     positional=("out_dir", "directory to create (must be absent or empty)"))  # fmt: skip
+                                     positionals=(("out_dir", "directory to create (must be absent or empty)"),))  # fmt: skip
     if args.pretrain_steps < 0:
         raise UserError(f"--pretrain-steps must be >= 0, got {args.pretrain_steps}")
 

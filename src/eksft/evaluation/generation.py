@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..adapters import is_adapter_dir, load_merged_model
+
 __all__ = [
     "VLLM_DEFAULTS", "HFGenerator", "PerSampleSampler", "SamplingSettings", "VLLMGenerator", "check_vllm_options",
     "make_generator", "vllm_available",
@@ -88,10 +90,13 @@ class HFGenerator:
         from transformers import AutoModelForCausalLM
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=_dtype(dtype, self.device.startswith("cuda")), use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-        )  # fmt: skip
+        torch_dtype = _dtype(dtype, self.device.startswith("cuda"))
+        if is_adapter_dir(model_dir):  # base + LoRA adapter, merged in memory: generation at the full model's speed
+            self.model = load_merged_model(model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+            )  # fmt: skip
         self.model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.settings = settings

@@ -171,13 +171,14 @@ class AtomicCheckpoints:
             with open(path, encoding="utf-8") as handle:
                 self._set_extra_state(json.load(handle))
 
-    def save_final_model(self, output_dir: str | None = None) -> None:
+    def save_final_model(self, output_dir: str | None = None, dataset_name: str | None = None) -> None:
         """``save_model(output_dir)`` (default ``args.output_dir``), but a kill at any moment leaves either the previous
         model or a directory without ``config.json`` (which every reader refuses as "not a model directory"), never a
         half-written model.
 
         Every process saves into ``<output_dir>/.final.partial`` (FSDP and DeepSpeed gather the weights together);
-        the process that writes then moves the files into ``output_dir`` (``publish_model``). With ``push_to_hub`` the
+        the process that writes then moves the files into ``output_dir`` (``publish_model``). The model card
+        (``README.md``, TRL's) then names ``dataset_name`` and cites the trainer's paper. With ``push_to_hub`` the
         model is then uploaded as ``save_model`` would have, without saving it again.
         """
         output_dir = output_dir or self.args.output_dir
@@ -189,6 +190,8 @@ class AtomicCheckpoints:
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             publish_model(staging, output_dir)
+            if os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir):  # where TRL writes the card
+                self.create_model_card(model_name=Path(output_dir).name, dataset_name=dataset_name)
         self.accelerator.wait_for_everyone()
         if self.args.push_to_hub:
             self._model_in_place = True

@@ -31,6 +31,7 @@ from ..stats import TokenStats, token_stats
 from ..templates import apply_template_file, can_mask_assistant, conversations_to_prompt_completion
 from .eksft_config import EKSFTConfig
 from .moe import router_aux_loss
+from .paper import EKSFT_PAPER
 from .parallelism import check_parallelism
 from .reference import (
     build_reference,
@@ -62,6 +63,7 @@ class EKSFTTrainer(SafeTraining, SFTTrainer):
 
     _tag_names = ["trl", "sft", "eksft"]
     _name = "EKSFT"
+    _paper = EKSFT_PAPER  # cited in the model card that TRL writes next to the model
     step_log_option = "token_stats_file"  # one JSON line per logging step (eksft.trainer.step_log)
     # `compute_loss` returns a loss already scaled for gradient accumulation (see `_scale_for_accumulation`)
     loss_is_scaled_for_ga = True

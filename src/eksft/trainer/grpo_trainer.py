@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import trl
 
+from .paper import EKSFT_CITATION
 from .safety import DEFAULT_MAX_NONFINITE_STEPS, MAX_NONFINITE_STEPS_HELP, SafeTraining, check_max_nonfinite_steps
 from .weights import use_safetensors
 
@@ -38,6 +39,8 @@ class SafeGRPOTrainer(SafeTraining, trl.GRPOTrainer):
     no per-step log)."""
 
     step_log_option = "log_file"
+    # the model card cites GRPO's paper (TRL's entry) and EKSFT's: the RL stage of the EKSFT pipeline
+    _paper = {**trl.GRPOTrainer._paper, "citation": f"{trl.GRPOTrainer._paper['citation']}\n\n{EKSFT_CITATION}"}
 
     def __init__(self, model, reward_funcs, args=None, *rest, **kwargs):
         if args is not None:  # without args TRL builds a default config and loads from the path itself
