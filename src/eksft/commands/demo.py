@@ -22,9 +22,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything the demo needs is bui
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from eksft_demo.profiles import PROFILES  # noqa: E402
+
 from ..errors import UserError
 from .options import option, parse_options  # noqa: E402
-from eksft_demo.profiles import PROFILES  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "demo-output"
 REAL = "real"  # the real-model profile (eksft_demo.real), not one of the tiny demo's PROFILES
