@@ -395,3 +395,21 @@ def load_training_data(
     if not examples:
         raise UserError(f"no rows left to train on after filtering\n{report}")
     return datasets.Dataset.from_list([example for _, example in examples]), report
+
+
+def training_system_prompt(name_or_path: str, layout: str = "auto", *, config: str | None = None,
+                           split: str = "train") -> str | None:  # fmt: skip
+    """The system turn the rows of a training set share (None when they have none), so that evaluation prompts can
+    carry the one the model was fine-tuned with (``eksft eval --system_prompt_from``). Rows with different system
+    turns, or some with one and some without, are an error: there is no one prompt to evaluate with."""
+    examples, _ = convert_rows(read_rows(name_or_path, config=config, split=split), layout, source=name_or_path)
+    found: dict[str | None, int] = {}
+    for number, example in examples:
+        turns = example["prompt"] if "prompt" in example else example["messages"]
+        found.setdefault(turns[0]["content"] if turns and turns[0]["role"] == "system" else None, number)
+    if len(found) > 1:
+        shown = "; ".join(f"row {row}: {'no system turn' if text is None else repr(text[:60])}"
+                          for text, row in sorted(found.items(), key=lambda item: item[1])[:3])  # fmt: skip
+        raise UserError(f"{name_or_path}: the rows do not share one system prompt ({shown}); give the one to "
+                        "evaluate with as --system_prompt")  # fmt: skip
+    return next(iter(found))

@@ -129,3 +129,27 @@ def test_config_file_and_underscore_flags(tiny_model_dir, five_problems, tmp_pat
     assert cli.main(["eval", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_system_prompt_from_the_training_set(tiny_model_dir, five_problems, tmp_path, capsys):
+    """`--system_prompt_from DATA`: the system turn the OpenR1-style rows share goes into every evaluation prompt
+    (and into run.json); rows that disagree are refused before anything is sampled."""
+    system = "Reason step by step, then box the answer."
+    rows = [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": f"{i} + 1?"}],
+             "target": [{"role": "assistant", "content": f"\\boxed{{{i + 1}}}"}]} for i in range(3)]  # fmt: skip
+    data = tmp_path / "openr1.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "eval"
+    common = ["eval", "--model", tiny_model_dir, "--benchmark", five_problems, "--max_new_tokens", "4", "--no_progress"]
+    assert cli.main([*common, "--system_prompt_from", str(data), "--output_dir", str(out)]) == 0
+    (run,) = out.glob("*/run.json")
+    assert json.loads(run.read_text())["system_prompt"] == system
+    assert f"system prompt from {data}: {system!r}" in capsys.readouterr().err
+
+    rows[1]["prompt"][0]["content"] = "Another prompt."
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert cli.main([*common, "--system_prompt_from", str(data), "--output_dir", str(tmp_path / "bad")]) == 2
+    assert "the rows do not share one system prompt (row 1: 'Reason step" in capsys.readouterr().err
+    assert cli.main([*common, "--system_prompt_from", str(data), "--system_prompt", "x", "--output_dir",
+                     str(tmp_path / "bad")]) == 2  # fmt: skip
+    assert "not both" in capsys.readouterr().err and not (tmp_path / "bad").exists()

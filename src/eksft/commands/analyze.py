@@ -53,7 +53,8 @@ class AnalyzeArguments:
     max_length: int = option(1024, "tokens per text, longer ones are cut")
     device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
-        "auto", "weights dtype for the shift (auto: bfloat16 on GPU, float32 on CPU)")
+        "auto", "weights dtype for the shift (auto: bfloat16 on GPU, float32 on CPU)"
+    )
     output_dir: str | None = option(None, "where analysis.json, analysis.md and PNGs go (required)", metavar="DIR")
     overwrite: bool = option(False, "replace OUTPUT_DIR if it holds an earlier analysis (an analysis.json)")
     trust_remote_code: bool = option(False, "let models with custom architectures run their own Python code (only "
@@ -206,7 +207,9 @@ def main(argv: list[str]) -> int:
 
             hf_logging.disable_progress_bar()
         device = _resolve_device(args.device)
-        tokenizer = _load_tokenizer([("--base", base), *(("--model", path) for _, path in models)], args.trust_remote_code)
+        tokenizer = _load_tokenizer(
+            [("--base", base), *(("--model", path) for _, path in models)], args.trust_remote_code
+        )
         texts = read_texts(Path(args.texts).expanduser(), args.text_field, tokenizer)
         text_source = f"`{args.texts}`"
     elif models:

@@ -43,9 +43,11 @@ DESCRIPTION = (
 @dataclass
 class DemoArguments:
     profile: ProfileName = option(
-        "full", "full: what `make demo` runs (under 15 minutes on 2 cores); quick: every stage at toy sizes, what CI "
+        "full",
+        "full: what `make demo` runs (under 15 minutes on 2 cores); quick: every stage at toy sizes, what CI "
         "runs (under 3 minutes); real: SFT with each objective on the real SmolLM2-135M-Instruct, evaluated on "
-        "held-out word problems, with forgetting measured on general text (about 20-30 minutes on 2 cores)")
+        "held-out word problems, with forgetting measured on general text (about 20-30 minutes on 2 cores)",
+    )
     output_dir: str = option(DEFAULT_OUTPUT_DIR, "where report.md, results.json, the plots and runs/ go", metavar="DIR")
     seeds: int = option(1, "run the SFT / GRPO / evaluation stages with seeds 0..N-1; the table shows mean ± std",
                         metavar="N")  # fmt: skip

@@ -54,12 +54,16 @@ class EvalArguments:
     max_model_len: int | None = option(None, "vllm backend: longest prompt + completion in tokens (none: the model's "
                                              "own limit)")  # fmt: skip
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
-        "auto", "weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
+        "auto", "weights dtype (auto: bfloat16 on GPU, float32 on CPU)"
+    )
     output_dir: str | None = option(None, "where samples and results go (rerun with it to resume)", metavar="DIR")
     seed: int = option(0, "seed of the sampling")
     limit: int | None = option(None, "only the first N problems of each benchmark", metavar="N")
     prompt_template: str = option(DEFAULT_PROMPT_TEMPLATE, "user message; {problem} is replaced by the problem")
     system_prompt: str | None = option(None, "optional system message")
+    system_prompt_from: str | None = option(None, "take the system message from a training set (a local file or hub "
+                                                  "dataset that eksft sft / grpo read): the system turn its rows "
+                                                  "share", metavar="DATASET")  # fmt: skip
     chat_template: bool = option(True, "send the filled template through the tokenizer's chat template "
                                        "(--no_chat_template: as plain text)")  # fmt: skip
     trust_remote_code: bool = option(False, "let a model with a custom architecture run its own Python code (only for "
@@ -181,6 +185,18 @@ def main(argv: list[str]) -> int:
     _check_numbers(args)
     _check_backend_options(args)
     ks = parse_ks(args.k, args.num_samples)
+    if args.system_prompt_from:
+        if args.system_prompt is not None:
+            raise UserError("give --system_prompt or --system_prompt_from, not both")
+        from ..data import training_system_prompt
+
+        args.system_prompt = training_system_prompt(args.system_prompt_from)
+        shown = (
+            "none"
+            if args.system_prompt is None
+            else repr(args.system_prompt[:80] + "..." * (len(args.system_prompt) > 80))
+        )
+        print(f"system prompt from {args.system_prompt_from}: {shown}", file=sys.stderr)
 
     from ..evaluation.benchmarks import load_benchmark, resolve
     from ..evaluation.runner import EvalSettings, check_output

@@ -1,7 +1,7 @@
 """``eksft merge ADAPTER_DIR OUTPUT_DIR``: a LoRA adapter folder merged into its base, written as a full model.
 
-    eksft sft --config configs/tiny_cpu.yaml --use_peft true ... --output_dir out/lora
-    eksft merge out/lora out/lora-merged          # grpo, analyze and eval with any backend take out/lora-merged
+eksft sft --config configs/tiny_cpu.yaml --use_peft true ... --output_dir out/lora
+eksft merge out/lora out/lora-merged          # grpo, analyze and eval with any backend take out/lora-merged
 """
 
 from __future__ import annotations
