@@ -49,15 +49,24 @@ def test_hub_prompts_are_read_by_id_split_and_config(monkeypatch):
             return [{"prompt": [{"role": "user", "content": f"q{i}"}], "reward_model": {"ground_truth": str(i)}}
                     for i in range(10)]  # fmt: skip
 
-    def fake_load_dataset(name, config=None, split=None):
-        calls.append((name, config, split))
-        return Split()
+    class Builder:  # datasets.load_dataset_builder's result
+        hash = "0" * 40
 
-    monkeypatch.setattr("datasets.load_dataset", fake_load_dataset)
+        def __init__(self, name, config=None, revision=None):
+            calls.append((name, config, revision))
+
+        def download_and_prepare(self):
+            pass
+
+        def as_dataset(self, split):
+            calls.append(split)
+            return Split()
+
+    monkeypatch.setattr("datasets.load_dataset_builder", Builder)
     dataset, report = load_prompts(GRPODataArguments(
         dataset_name="Elliott/Openr1-Math-46k-8192", answer_field="reward_model.ground_truth", dataset_shuffle_seed=42,
         skip_rows=3))  # fmt: skip
-    assert calls == [("Elliott/Openr1-Math-46k-8192", None, "train")]
+    assert calls == [("Elliott/Openr1-Math-46k-8192", None, None), "train"]
     assert len(dataset) == 7 and "7 of 10 rows (skipped 3, shuffle seed 42)" in report
 
 

@@ -73,28 +73,45 @@ class FakeSplit:
         return self.rows
 
 
-def test_hub_benchmark_is_read_by_id_and_split(monkeypatch):
-    calls = []
+class FakeBuilder:
+    """``datasets.load_dataset_builder``'s result for a hub dataset: ``hash`` is the commit it resolved."""
 
-    def fake_load_dataset(name, config=None, split=None):
-        calls.append((name, config, split))
+    calls: list = []
+
+    def __init__(self, name, config=None, revision=None):
+        FakeBuilder.calls.append((name, config, revision))
+        self.hash = "3f0e" * 10 if revision is None else revision
+
+    def download_and_prepare(self):
+        pass
+
+    def as_dataset(self, split):
+        FakeBuilder.calls.append(split)
         # the shape of math-ai/amc23: float answers, an extra "question" column
         return FakeSplit([{"id": 0, "problem": "Cities...", "answer": 27.0, "question": "Cities..."},
                           {"id": 1, "problem": "x?", "answer": -1.0, "question": "x?"},
                           {"id": 2, "problem": "y?", "answer": 0.5, "question": "y?"}])  # fmt: skip
 
-    monkeypatch.setattr("datasets.load_dataset", fake_load_dataset)
+
+def test_hub_benchmark_is_read_by_id_and_split_at_a_recorded_commit(monkeypatch):
+    FakeBuilder.calls = []
+    monkeypatch.setattr("datasets.load_dataset_builder", FakeBuilder)
     loaded = bm.load_benchmark(bm.resolve("amc23"), limit=3)
-    assert calls == [("math-ai/amc23", None, "test")]
+    assert FakeBuilder.calls == [("math-ai/amc23", None, None), "test"]
     assert [(p.id, p.problem, p.answer) for p in loaded.problems] == [(0, "Cities...", "27"), (1, "x?", "-1"),
                                                                       (2, "y?", "0.5")]  # fmt: skip
+    assert loaded.revision == "3f0e" * 10  # the commit main pointed to, for run.json
+    pinned = bm.load_benchmark(bm.resolve("amc23@" + "9" * 40), limit=3)  # NAME@REVISION reads that commit
+    assert FakeBuilder.calls[-2] == ("math-ai/amc23", None, "9" * 40) and pinned.revision == "9" * 40
+    assert pinned.content_sha256 == loaded.content_sha256  # same problems, same fingerprint
+    assert bm.load_benchmark(bm.resolve("amc23"), limit=2).content_sha256 != loaded.content_sha256
 
 
 def test_hub_failure_is_one_message(monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'HuggingFaceH4/aime_2024' on the Hub (OfflineModeIsEnabled)")
 
-    monkeypatch.setattr("datasets.load_dataset", offline)
+    monkeypatch.setattr("datasets.load_dataset_builder", offline)
     with pytest.raises(UserError, match="cannot load 'HuggingFaceH4/aime_2024' .split 'train'. from the Hugging Face Hub"):
         bm.load_benchmark(bm.resolve("aime24"))
 

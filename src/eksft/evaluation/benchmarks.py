@@ -19,8 +19,10 @@ contest states it. Each problem's id is its row number in the source, which is w
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UserError
@@ -40,6 +42,7 @@ class BenchmarkSpec:
     split: str | None = None  # hub datasets only
     problem_field: str = "problem"
     answer_field: str = "answer"
+    revision: str | None = None  # hub datasets only: a commit, branch or tag (``--benchmark aime24@REVISION``)
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
@@ -62,10 +65,20 @@ class Problem:
 class Benchmark:
     spec: BenchmarkSpec
     problems: list[Problem]
+    revision: str | None = None  # the hub commit the problems were read at (None for a local file)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def content_sha256(self) -> str:
+        """A fingerprint of the problems and answers read, in order: two runs with the same one asked the same
+        questions, whatever the source and revision (recorded in ``run.json`` and ``results.json``)."""
+        digest = hashlib.sha256()
+        for problem in self.problems:
+            digest.update(json.dumps([problem.id, problem.problem, problem.answer], ensure_ascii=False).encode())
+        return digest.hexdigest()
 
 
 def is_local(name: str) -> bool:
@@ -76,8 +89,11 @@ def is_local(name: str) -> bool:
 
 def resolve(name: str, problem_field: str | None = None, answer_field: str | None = None) -> BenchmarkSpec:
     """The spec for a registry name or a local file (named after its stem); field overrides apply to either."""
-    if name in BENCHMARKS:
-        spec = BENCHMARKS[name]
+    registry_name, _, revision = name.partition("@")
+    if registry_name in BENCHMARKS and not is_local(name):
+        spec = BENCHMARKS[registry_name]
+        if revision:
+            spec = replace(spec, revision=revision)
     elif is_local(name):
         path = Path(name).expanduser()
         if not path.is_file():
@@ -90,8 +106,8 @@ def resolve(name: str, problem_field: str | None = None, answer_field: str | Non
             f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}; "
             "or give the path of a local .jsonl / .json / .parquet file"
         )
-    return BenchmarkSpec(spec.name, spec.source, spec.split, problem_field or spec.problem_field,
-                         answer_field or spec.answer_field)  # fmt: skip
+    return replace(spec, problem_field=problem_field or spec.problem_field,
+                   answer_field=answer_field or spec.answer_field)  # fmt: skip
 
 
 def _read_local(path: Path) -> list[tuple[str, dict]]:
@@ -103,21 +119,34 @@ def _read_local(path: Path) -> list[tuple[str, dict]]:
     return [(f"{path} row {i}", row) for i, row in enumerate(read_rows(str(path)))]
 
 
-def read_hub_rows(name: str, split: str, config: str | None = None) -> list[dict]:
+def read_hub_rows(name: str, split: str, config: str | None = None, revision: str | None = None) -> list[dict]:
     """Rows of one split of a hub dataset; any failure (offline, unknown id or split) becomes a ``UserError``."""
+    return read_hub_split(name, split, config, revision)[0]
+
+
+def read_hub_split(name: str, split: str, config: str | None = None,
+                   revision: str | None = None) -> tuple[list[dict], str | None]:  # fmt: skip
+    """``read_hub_rows`` and the commit the rows were read at (``datasets`` resolves ``revision``, default the main
+    branch, to one commit before it downloads anything; None where it cannot say)."""
     import datasets
 
     try:
-        return datasets.load_dataset(name, config, split=split).to_list()
+        builder = datasets.load_dataset_builder(name, config, revision=revision)
+        builder.download_and_prepare()
+        rows = builder.as_dataset(split=split).to_list()
     except Exception as err:  # offline, no such dataset / split / config: many types, from datasets and the hub client
+        at = f" at revision {revision!r}" if revision else ""
         raise UserError(
-            f"cannot load {name!r} (split {split!r}) from the Hugging Face Hub: {type(err).__name__}: {err}. "
+            f"cannot load {name!r} (split {split!r}){at} from the Hugging Face Hub: {type(err).__name__}: {err}. "
             "Without network access, copy the data to a local .jsonl / .parquet file and pass its path instead"
         ) from None
+    commit = builder.hash if isinstance(builder.hash, str) and len(builder.hash) == 40 else None
+    return rows, commit
 
 
-def _read_hub(spec: BenchmarkSpec) -> list[tuple[str, dict]]:
-    return [(f"{spec.source} ({spec.split}) row {i}", row) for i, row in enumerate(read_hub_rows(spec.source, spec.split))]
+def _read_hub(spec: BenchmarkSpec) -> tuple[list[tuple[str, dict]], str | None]:
+    rows, commit = read_hub_split(spec.source, spec.split, revision=spec.revision)
+    return [(f"{spec.source} ({spec.split}) row {i}", row) for i, row in enumerate(rows)], commit
 
 
 def gold_text(value) -> str:
@@ -156,8 +185,9 @@ def _problem(index: int, where: str, row, spec: BenchmarkSpec) -> Problem:
 def load_benchmark(spec: BenchmarkSpec, limit: int | None = None) -> Benchmark:
     """Read the benchmark (the first ``limit`` problems when given); a bad row is a ``UserError`` naming it."""
     path = Path(spec.source).expanduser()
-    rows = _read_local(path) if path.is_file() else _read_hub(spec)
+    rows, commit = (_read_local(path), None) if path.is_file() else _read_hub(spec)
     if not rows:
         raise UserError(f"benchmark {spec.name}: {spec.source} holds no rows; give a file with one JSON object per "
                         f"line, with fields {spec.problem_field!r} and {spec.answer_field!r}")  # fmt: skip
-    return Benchmark(spec, [_problem(i, where, row, spec) for i, (where, row) in enumerate(rows[:limit] if limit else rows)])
+    problems = [_problem(i, where, row, spec) for i, (where, row) in enumerate(rows[:limit] if limit else rows)]
+    return Benchmark(spec, problems, revision=commit)

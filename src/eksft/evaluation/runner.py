@@ -90,10 +90,20 @@ class EvalSettings:
 
 
 def run_identity(benchmark: Benchmark, settings: EvalSettings) -> dict:
-    """What ``run.json`` records: the sampling identity and where the problems came from."""
+    """What a rerun must match to add samples to a benchmark's directory: the sampling identity and the source.
+
+    The hub commit and the fingerprint of the problems are recorded beside it (:func:`provenance`) but not matched:
+    a rerun with a larger ``--limit`` extends the same run, and a changed gold answer is caught sample by sample.
+    """
     spec = benchmark.spec
     return {**settings.sampling_identity(), "benchmark": spec.name, "source": spec.source, "split": spec.split,
             "problem_field": spec.problem_field, "answer_field": spec.answer_field}  # fmt: skip
+
+
+def provenance(benchmark: Benchmark) -> dict:
+    """Which problems were asked: the hub commit they were read at (None for a local file) and the fingerprint of
+    the problems and answers, recorded in ``run.json`` and ``results.json``."""
+    return {"revision": benchmark.revision, "content_sha256": benchmark.content_sha256}
 
 
 def format_prompt(tokenizer, problem: str, settings: EvalSettings) -> str:
@@ -340,16 +350,18 @@ def _results(benchmark: Benchmark, records: list[dict], settings: EvalSettings) 
     metrics = {f"avg@{n}": table.pop("avg@n"), **table}
     spec = benchmark.spec
     return {
-        "benchmark": spec.name, "source": spec.source, "split": spec.split, "problem_field": spec.problem_field,
-        "answer_field": spec.answer_field, "num_problems": len(benchmark.problems), "num_samples": n,
+        "benchmark": spec.name, "source": spec.source, "split": spec.split, **provenance(benchmark),
+        "problem_field": spec.problem_field, "answer_field": spec.answer_field,
+        "num_problems": len(benchmark.problems), "num_samples": n,
         "num_correct": sum(sum(c.values()) for c in by_problem.values()), "metrics": metrics, "complete": True,
     }  # fmt: skip
 
 
 def _run_benchmark(run: Run, generate, prompt_of, settings: EvalSettings, progress: bool) -> dict:
     """Generate what is missing in the run's directory (whose lock the caller holds), then write its results."""
-    if _check_run_file(run.directory, run.identity):  # checked again: the directory may have changed meanwhile
-        write_text_atomic(run.directory / RUN_FILE, json.dumps(run.identity, indent=2) + "\n")
+    _check_run_file(run.directory, run.identity)  # checked again: the directory may have changed meanwhile
+    record = {**run.identity, **provenance(run.benchmark)}  # rewritten on every run: a larger --limit adds problems
+    write_text_atomic(run.directory / RUN_FILE, json.dumps(record, indent=2) + "\n")
     records = _sample(run, generate, prompt_of, settings, progress)
     result = _results(run.benchmark, records, settings)
     write_text_atomic(run.directory / RESULTS_FILE, json.dumps(result, indent=2) + "\n")
