@@ -153,3 +153,27 @@ def test_system_prompt_from_the_training_set(tiny_model_dir, five_problems, tmp_
     assert cli.main([*common, "--system_prompt_from", str(data), "--system_prompt", "x", "--output_dir",
                      str(tmp_path / "bad")]) == 2  # fmt: skip
     assert "not both" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_results_reach_the_trackers_of_report_to(tiny_model_dir, five_problems, tmp_path, capsys):
+    """`--report_to tensorboard`: one run whose scalars are the metrics of results.json, read back from the event
+    files with TensorBoard's own reader; an unknown or missing tracker stops the command before any sampling."""
+    pytest.importorskip("tensorboard", reason="tensorboard is in the dev extra (make install)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "eval"
+    common = ["eval", "--model", tiny_model_dir, "--benchmark", five_problems, "--num_samples", "2",
+              "--max_new_tokens", "4", "--no_progress"]  # fmt: skip
+    assert cli.main([*common, "--output_dir", str(out), "--report_to", "tensorboard", "--run_name", "tiny"]) == 0
+    events = EventAccumulator(str(out / "tracking" / "eksft-eval"))  # the project; its hparams sit in a subfolder
+    events.Reload()
+    logged = {tag: events.Scalars(tag)[0].value for tag in events.Tags()["scalars"]}
+    results = json.loads((out / "results.json").read_text())
+    expected = {f"five/{metric}": value for metric, value in results["benchmarks"]["five"]["metrics"].items()}
+    expected |= {f"average/{metric}": value for metric, value in results["average"].items()}
+    assert logged.keys() == expected.keys() and all(logged[k] == pytest.approx(v) for k, v in expected.items())
+    capsys.readouterr()
+
+    for tracker, message in [("wandbb", "unknown tracker; the trackers are: aim"), ("swanlab", "not installed")]:
+        assert cli.main([*common, "--output_dir", str(tmp_path / tracker), "--report_to", tracker]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / tracker).exists()

@@ -69,6 +69,11 @@ class EvalArguments:
     trust_remote_code: bool = option(False, "let a model with a custom architecture run its own Python code (only for "
                                             "models whose code you trust)")  # fmt: skip
     no_progress: bool = option(False, "no progress bars")
+    report_to: list[str] = repeatable("experiment trackers that get the results once the run is complete, as "
+                                      "TrainingArguments names them: wandb, tensorboard, trackio, mlflow, ... "
+                                      "(tensorboard writes to OUTPUT_DIR/tracking)", metavar="TRACKER")  # fmt: skip
+    run_name: str | None = option(None, "the run's name in the trackers (none: OUTPUT_DIR's name); the project is "
+                                        "eksft-eval")  # fmt: skip
     report: list[str] | None = option(None, "print one table from finished runs (results.json files or their "
                                             "directories) and exit", metavar="RESULTS")  # fmt: skip
 
@@ -185,6 +190,10 @@ def main(argv: list[str]) -> int:
     _check_numbers(args)
     _check_backend_options(args)
     ks = parse_ks(args.k, args.num_samples)
+    if args.report_to:
+        from ..evaluation.tracking import check_trackers
+
+        check_trackers(args.report_to)
     if args.system_prompt_from:
         if args.system_prompt is not None:
             raise UserError("give --system_prompt or --system_prompt_from, not both")
@@ -221,6 +230,11 @@ def main(argv: list[str]) -> int:
     runs = check_output(benchmarks, settings, args.output_dir)  # before the (slow) model load
     summary = _load_and_evaluate(args, benchmarks, tokenizer, settings, runs)
     out = Path(args.output_dir)
+    if args.report_to and summary["complete"]:
+        from ..evaluation.tracking import report_results
+
+        report_results(summary, args.report_to, "eksft-eval", args.run_name or out.absolute().name,
+                       str(out / "tracking"))  # fmt: skip
     print((out / "results.md").read_text(encoding="utf-8"), end="")
     print(f"results: {out / 'results.json'}  samples: {os.path.join(str(out), '<benchmark>', 'samples.jsonl')}",
           file=sys.stderr)  # fmt: skip
