@@ -27,6 +27,15 @@
 * **Resume.** The per-step log (``eksft.trainer.step_log``) is cut back to the step the run starts from, so that the
   steps a killed run logged after its last checkpoint are not in it twice; one line names the checkpoint and its step;
   a tied head's weight, which checkpoints do not store, is not reported as a missing key.
+
+What is a callback and what is not. The decisions are ``TrainerCallback``s, which any ``transformers.Trainer`` takes:
+``TrainingGuard`` (checks each step before the optimizer, skips it, stops the run, vetoes saves) and
+``step_log.StepLogWriter`` (appends each logged line). ``SafeTraining`` keeps four small overrides, each where the
+Trainer offers no hook: ``training_step`` (the only place that sees each micro-batch's loss), ``log`` (a metric must be
+in the line before the Trainer records it), ``train`` (resolves the checkpoint to resume before the Trainer's own
+lookup would pick a half-written one, scopes the signal handlers to the call even when it raises, and turns the
+guard's verdict into ``NonFiniteTrainingError`` / ``TrainingInterrupted``) and ``_issue_warnings_after_load``; the
+atomic checkpoints are ``AtomicCheckpoints``'s (``eksft.trainer.checkpoints``).
 """
 
 from __future__ import annotations
@@ -247,6 +256,8 @@ class SafeTraining(AtomicCheckpoints):
         check_max_nonfinite_steps(limit)
         self.guard = TrainingGuard(limit, deepspeed=self.is_deepspeed_enabled)
         self.add_callback(self.guard)
+        if self.step_log_path:
+            self.add_callback(step_log.StepLogWriter(self.step_log_path))
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         # True / "last" / "auto" pick only complete checkpoints (the Trainer's get_last_checkpoint would also pick a
@@ -310,11 +321,8 @@ class SafeTraining(AtomicCheckpoints):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # training log lines (evaluation keys start with eval_)
-            logs["nonfinite_steps"] = self.guard.total
+            logs["nonfinite_steps"] = self.guard.total  # before the Trainer records the line: no callback can
         super().log(logs, start_time)
-        # every line of the log history but the end-of-training summary (its runtimes say nothing about a step)
-        if self.step_log_path and self.is_world_process_zero() and "train_runtime" not in logs:
-            step_log.append(self.step_log_path, self.state.log_history[-1])
 
     def _issue_warnings_after_load(self, load_result) -> None:
         """The Trainer's warnings after loading a checkpoint's weights, less the tied weights: a checkpoint does not

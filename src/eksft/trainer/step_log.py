@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from ..files import append_jsonl, atomic_file, jsonl_lines, parse_object
 
 
@@ -55,3 +57,15 @@ def cut_back(path: str | os.PathLike, step: int) -> int:
 def append(path: str | os.PathLike, record: dict) -> None:
     """One JSON line at the end of ``path`` (created with its directory), fsynced."""
     append_jsonl(path, [record])
+
+
+class StepLogWriter(TrainerCallback):
+    """Appends each line the Trainer logs (``state.log_history``, which it extends before calling ``on_log``) to
+    ``path``, on the main process; the end-of-training summary is left out (its runtimes say nothing about a step)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and state.log_history and "train_runtime" not in state.log_history[-1]:
+            append(self.path, state.log_history[-1])
