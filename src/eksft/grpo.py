@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from .errors import UserError
 from .evaluation.benchmarks import gold_text, is_local, read_hub_rows
-from .evaluation.runner import DEFAULT_PROMPT_TEMPLATE
+from .evaluation.conventions import DEFAULT_PROMPT_TEMPLATE
 from .rewards import accuracy_reward, format_reward
 
 __all__ = ["REWARDS", "GRPODataArguments", "build_trainer", "load_prompts", "reward_functions"]

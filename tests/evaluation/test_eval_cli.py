@@ -27,7 +27,8 @@ def test_eval_on_the_tiny_model_writes_samples_and_the_table(tiny_model_dir, fiv
     assert sorted((s["problem_id"], s["sample"]) for s in samples) == [(p, s) for p in range(5) for s in range(2)]
     results = json.loads((out / "results.json").read_text())
     assert results["complete"] and results["benchmarks"]["five"]["num_problems"] == 5
-    assert results["settings"]["prompt_template"].endswith("put your final answer within \\boxed{}.")
+    assert results["benchmarks"]["five"]["prompt_template"].endswith("put your final answer within \\boxed{}.")
+    assert results["settings"]["convention"] == results["benchmarks"]["five"]["convention"] == "eksft"
 
     # a rerun resumes: nothing left to generate, the same samples, a table again; --report combines runs
     assert cli.main(eval_args(tiny_model_dir, five_problems, out)) == 0
@@ -177,3 +178,19 @@ def test_results_reach_the_trackers_of_report_to(tiny_model_dir, five_problems, 
     for tracker, message in [("wandbb", "unknown tracker; the trackers are: aim"), ("swanlab", "not installed")]:
         assert cli.main([*common, "--output_dir", str(tmp_path / tracker), "--report_to", tracker]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / tracker).exists()
+
+
+def test_lighteval_convention_asks_and_grades_as_lighteval(tiny_model_dir, five_problems, tmp_path, capsys):
+    """`--convention lighteval`: lighteval's prompt for the benchmark (a local file gets its AIME prompt) and its
+    grading, both recorded in run.json; a rerun under the other convention is refused rather than mixed."""
+    from eksft.evaluation.conventions import LIGHTEVAL_AIME_PROMPT
+
+    out = tmp_path / "eval"
+    common = ["eval", "--model", tiny_model_dir, "--benchmark", five_problems, "--max_new_tokens", "4", "--no_progress",
+              "--output_dir", str(out)]  # fmt: skip
+    assert cli.main([*common, "--convention", "lighteval"]) == 0
+    run = json.loads((out / "five" / "run.json").read_text())
+    assert (run["convention"], run["prompt_template"]) == ("lighteval", LIGHTEVAL_AIME_PROMPT)
+    capsys.readouterr()
+    assert cli.main(common) == 2  # the default convention, same directory
+    assert "convention: 'lighteval' on disk, 'eksft' now" in capsys.readouterr().err

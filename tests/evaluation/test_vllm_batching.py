@@ -141,17 +141,17 @@ def test_chunked_records_are_those_of_the_hf_batch_path(tmp_path, monkeypatch):
     """Same texts, seeds, answers and verdicts, in the same order, whatever the calls' sizes; hf keeps batch_size
     prompts per call and grades each batch in the calling thread before the next."""
     hf_calls, grading_threads = [], []
-    grade = sampling.grade_batch
+    grade = sampling.grade_and_extract
 
-    def recording_grade(texts, golds):
+    def recording_grade(texts, golds, **kwargs):
         grading_threads.append(threading.current_thread().name)
-        return grade(texts, golds)
+        return grade(texts, golds, **kwargs)
 
     def hf_generate(prompts, seeds):
         hf_calls.append(len(prompts))
         return [completion(p, s) for p, s in zip(prompts, seeds, strict=True)]
 
-    monkeypatch.setattr(sampling, "grade_batch", recording_grade)
+    monkeypatch.setattr(sampling, "grade_and_extract", recording_grade)
     hf_summary = run(tmp_path / "hf", hf_generate, backend="hf", batch_size=2)
     assert hf_calls == [2] * 7 + [1] and set(grading_threads) == {threading.main_thread().name}
 
@@ -175,16 +175,16 @@ def test_grading_overlaps_the_next_generation_and_keeps_the_order(tmp_path, monk
     generator = vllm_generator()
     second_started = threading.Event()
     generator.llm.on_generate = lambda call: second_started.set() if call == 2 else None
-    grade, gradings = sampling.grade_batch, []
+    grade, gradings = sampling.grade_and_extract, []
 
-    def slow_first_grading(texts, golds):
+    def slow_first_grading(texts, golds, **kwargs):
         gradings.append(len(texts))
         if len(gradings) == 1:
             assert second_started.wait(timeout=20), "chunk 2 did not start generating while chunk 1 was graded"
             time.sleep(0.2)  # chunk 2's texts are ready before chunk 1 is written
-        return grade(texts, golds)
+        return grade(texts, golds, **kwargs)
 
-    monkeypatch.setattr(sampling, "grade_batch", slow_first_grading)
+    monkeypatch.setattr(sampling, "grade_and_extract", slow_first_grading)
     run(tmp_path, generator.generate)
     assert generator.llm.calls == [4, 4, 4, 3] and gradings == [4, 4, 4, 3]
     assert on_disk(tmp_path) == ALL_PAIRS

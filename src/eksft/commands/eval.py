@@ -20,7 +20,7 @@ from typing import Literal
 from ..adapters import adapter_base, adapter_refusal, is_adapter_dir
 from ..errors import UserError
 from ..evaluation.benchmarks import BENCHMARKS
-from ..evaluation.runner import DEFAULT_PROMPT_TEMPLATE
+from ..evaluation.conventions import DEFAULT_PROMPT_TEMPLATE
 from ..evaluation.sampling import DEFAULT_CHUNK_SIZE
 from ..loading import load_tokenizer
 from .options import option, parse_options, repeatable
@@ -59,7 +59,13 @@ class EvalArguments:
     output_dir: str | None = option(None, "where samples and results go (rerun with it to resume)", metavar="DIR")
     seed: int = option(0, "seed of the sampling")
     limit: int | None = option(None, "only the first N problems of each benchmark", metavar="N")
-    prompt_template: str = option(DEFAULT_PROMPT_TEMPLATE, "user message; {problem} is replaced by the problem")
+    convention: Literal["eksft", "lighteval"] = option(
+        "eksft", "how answers are read and graded, and the default prompt: eksft (the last \\boxed{} after any "
+        "</think>, the GRPO reward's rule) or lighteval (lighteval's math tasks: their prompts, and math-verify's "
+        "extraction of boxed or unboxed answers); docs/evaluation.md compares them"
+    )  # fmt: skip
+    prompt_template: str | None = option(None, "user message; {problem} is replaced by the problem (none: the "
+                                               f"convention's; eksft's is {DEFAULT_PROMPT_TEMPLATE!r})")  # fmt: skip
     system_prompt: str | None = option(None, "optional system message")
     system_prompt_from: str | None = option(None, "take the system message from a training set (a local file or hub "
                                                   "dataset that eksft sft / grpo read): the system turn its rows "
@@ -107,7 +113,7 @@ def _check_numbers(args) -> None:
                         ("--limit", args.limit if args.limit is not None else 1)):  # fmt: skip
         if value < 1:
             raise UserError(f"{flag} must be >= 1; got {value}")
-    if "{problem}" not in args.prompt_template:
+    if args.prompt_template is not None and "{problem}" not in args.prompt_template:
         raise UserError(f"--prompt-template must contain {{problem}}; got {args.prompt_template!r}")
 
 
@@ -169,11 +175,12 @@ def _load_and_evaluate(args, benchmarks, tokenizer, settings, runs) -> dict:
                                    **_engine_options(args))  # fmt: skip
     except (OSError, ValueError) as err:
         raise UserError(f"--model {args.model}: cannot load the model weights: {err}") from None
+    def prompt_of(problem: str, benchmark: str) -> str:  # the template may depend on the benchmark (lighteval)
+        return format_prompt(tokenizer, problem, settings, benchmark)
+
     try:
-        return evaluate(
-            benchmarks, generator.generate, lambda problem: format_prompt(tokenizer, problem, settings), settings,
-            args.output_dir, progress=not args.no_progress, checked=runs,
-        )  # fmt: skip
+        return evaluate(benchmarks, generator.generate, prompt_of, settings, args.output_dir,
+                        progress=not args.no_progress, checked=runs)  # fmt: skip
     except KeyboardInterrupt:
         print(f"eksft eval: the samples drawn so far are kept in {args.output_dir}; rerun the same command to resume",
               file=sys.stderr)  # fmt: skip
@@ -225,7 +232,7 @@ def main(argv: list[str]) -> int:
         model=model, num_samples=args.num_samples, ks=ks, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, seed=args.seed, prompt_template=args.prompt_template,
         system_prompt=args.system_prompt, chat_template=args.chat_template, batch_size=args.batch_size,
-        backend=args.backend, chunk_size=args.chunk_size,
+        backend=args.backend, chunk_size=args.chunk_size, convention=args.convention,
     )  # fmt: skip
     runs = check_output(benchmarks, settings, args.output_dir)  # before the (slow) model load
     summary = _load_and_evaluate(args, benchmarks, tokenizer, settings, runs)

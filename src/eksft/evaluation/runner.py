@@ -33,6 +33,8 @@ What a kill at any moment can leave, and what the next run does with it:
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import sys
@@ -43,6 +45,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..files import append_jsonl_fd, check_writable, jsonl_lines, parse_object, write_text_atomic
 from .benchmarks import Benchmark
+from .conventions import DEFAULT_CONVENTION, DEFAULT_PROMPT_TEMPLATE, get_convention
 from .metrics import pass_at_k_table
 from .report import average_metrics, render_table
 from .sampling import DEFAULT_CHUNK_SIZE, draw, missing_pairs, sample_seed
@@ -57,7 +60,6 @@ __all__ = [
     "format_prompt", "read_samples", "run_identity", "sample_seed", "scan_samples",
 ]  # fmt: skip
 
-DEFAULT_PROMPT_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
 SAMPLES_FILE, RUN_FILE, RESULTS_FILE, TABLE_FILE = "samples.jsonl", "run.json", "results.json", "results.md"
 _DAMAGED = "the file is damaged: delete that line (its sample is drawn again) and rerun"
 
@@ -75,12 +77,18 @@ class EvalSettings:
     top_p: float = 0.95
     max_new_tokens: int = 32768
     seed: int = 0
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    prompt_template: str | None = None  # None: the convention's, for each benchmark
     system_prompt: str | None = None
     chat_template: bool = True
     batch_size: int = 8
     backend: str = "hf"
     chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    convention: str = DEFAULT_CONVENTION  # how answers are read and graded (eksft.evaluation.conventions)
+
+    def template_for(self, benchmark: str | None = None) -> str:
+        """The user message's template for a benchmark: ``prompt_template``, else the convention's for it."""
+        return self.prompt_template or get_convention(self.convention).prompt_template_for(benchmark)
 
     def sampling_identity(self) -> dict:
         """What decides how a sample is drawn; a rerun must match it to reuse the samples on disk."""
@@ -96,7 +104,9 @@ def run_identity(benchmark: Benchmark, settings: EvalSettings) -> dict:
     a rerun with a larger ``--limit`` extends the same run, and a changed gold answer is caught sample by sample.
     """
     spec = benchmark.spec
-    return {**settings.sampling_identity(), "benchmark": spec.name, "source": spec.source, "split": spec.split,
+    sampling = {**settings.sampling_identity(), "prompt_template": settings.template_for(spec.name),
+                "convention": settings.convention}  # fmt: skip
+    return {**sampling, "benchmark": spec.name, "source": spec.source, "split": spec.split,
             "problem_field": spec.problem_field, "answer_field": spec.answer_field}  # fmt: skip
 
 
@@ -106,9 +116,10 @@ def provenance(benchmark: Benchmark) -> dict:
     return {"revision": benchmark.revision, "content_sha256": benchmark.content_sha256}
 
 
-def format_prompt(tokenizer, problem: str, settings: EvalSettings) -> str:
-    """The prompt text: the template filled with the problem, inside the chat template unless that is switched off."""
-    user = settings.prompt_template.replace("{problem}", problem)
+def format_prompt(tokenizer, problem: str, settings: EvalSettings, benchmark: str | None = None) -> str:
+    """The prompt text: the benchmark's template filled with the problem, inside the chat template unless that is
+    switched off."""
+    user = settings.template_for(benchmark).replace("{problem}", problem)
     if not settings.chat_template:
         return user
     messages = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
@@ -351,10 +362,21 @@ def _results(benchmark: Benchmark, records: list[dict], settings: EvalSettings) 
     spec = benchmark.spec
     return {
         "benchmark": spec.name, "source": spec.source, "split": spec.split, **provenance(benchmark),
+        "prompt_template": settings.template_for(spec.name), "convention": settings.convention,
         "problem_field": spec.problem_field, "answer_field": spec.answer_field,
         "num_problems": len(benchmark.problems), "num_samples": n,
         "num_correct": sum(sum(c.values()) for c in by_problem.values()), "metrics": metrics, "complete": True,
     }  # fmt: skip
+
+
+def _prompt_builder(prompt_of, benchmark: str):
+    """``prompt_of`` for one benchmark: called with ``benchmark=`` when it takes that keyword (its template may
+    depend on the benchmark, as the lighteval convention's does), else with the problem alone."""
+    try:
+        takes_benchmark = "benchmark" in inspect.signature(prompt_of).parameters
+    except (TypeError, ValueError):  # a builtin such as str: no signature, one argument
+        takes_benchmark = False
+    return functools.partial(prompt_of, benchmark=benchmark) if takes_benchmark else prompt_of
 
 
 def _run_benchmark(run: Run, generate, prompt_of, settings: EvalSettings, progress: bool) -> dict:
@@ -362,7 +384,7 @@ def _run_benchmark(run: Run, generate, prompt_of, settings: EvalSettings, progre
     _check_run_file(run.directory, run.identity)  # checked again: the directory may have changed meanwhile
     record = {**run.identity, **provenance(run.benchmark)}  # rewritten on every run: a larger --limit adds problems
     write_text_atomic(run.directory / RUN_FILE, json.dumps(record, indent=2) + "\n")
-    records = _sample(run, generate, prompt_of, settings, progress)
+    records = _sample(run, generate, _prompt_builder(prompt_of, run.benchmark.name), settings, progress)
     result = _results(run.benchmark, records, settings)
     write_text_atomic(run.directory / RESULTS_FILE, json.dumps(result, indent=2) + "\n")
     return result
@@ -390,7 +412,8 @@ def evaluate(
 
     ``generate(prompts, seeds)`` returns one completion per prompt (see ``eksft.evaluation.generation``); it gets
     ``settings.batch_size`` prompts per call with ``settings.backend`` hf, ``settings.chunk_size`` with vllm (see
-    ``eksft.evaluation.sampling``). ``prompt_of(problem)`` builds the prompt text (``format_prompt`` with a
+    ``eksft.evaluation.sampling``). ``prompt_of(problem)`` (or ``prompt_of(problem, benchmark=name)``, when it takes
+    that keyword) builds the prompt text (``format_prompt`` with a
     tokenizer). ``checked`` is what :func:`check_output` returned, when the caller ran it already (the command line
     does, before loading a model).
     """

@@ -11,7 +11,7 @@ How many requests go to one call (``requests_per_call``) depends on the backend:
   of 5 benchmarks x 32 samples made thousands of them. Not everything at once: the chunk is the unit written to
   ``samples.jsonl``, so an interrupted run loses at most the chunk being generated.
 
-Grading overlaps generation (vllm only): math-verify (``eksft.grading.grade_batch``, worker processes) takes a while
+Grading overlaps generation (vllm only): math-verify (``eksft.grading``, worker processes) takes a while
 on thousands of completions, during which the GPU would wait. One background thread grades chunk i and appends it
 while chunk i+1 generates. The order of the file is kept: the thread holds one job at a time, and chunk i+1 is
 handed over only after chunk i's job is finished (its error, e.g. a full disk, is raised then), so chunks reach the
@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from ..grading import extract_answer, grade_batch
+from ..grading import grade_and_extract
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "draw", "missing_pairs", "overlaps_grading", "requests_per_call", "sample_seed"]
 
@@ -72,12 +72,13 @@ def _texts(pairs: list[Pair], problems: dict, prompts: dict[int, str], generate:
     return generate([prompts[pid] for pid, _ in pairs], [sample_seed(seed, pid, s) for pid, s in pairs])
 
 
-def _graded(pairs: list[Pair], texts: list[str], problems: dict) -> list[dict]:
-    """The records of ``pairs`` in their order: text, extracted answer, gold and the math-verify verdict."""
+def _graded(pairs: list[Pair], texts: list[str], problems: dict, convention: str) -> list[dict]:
+    """The records of ``pairs`` in their order: text, the answer the convention reads, gold and the verdict."""
     golds = [problems[pid].answer for pid, _ in pairs]
+    graded = grade_and_extract(texts, golds, convention=convention)
     return [
-        {"problem_id": pid, "sample": s, "text": text, "answer": extract_answer(text), "gold": gold, "correct": ok}
-        for (pid, s), text, gold, ok in zip(pairs, texts, golds, grade_batch(texts, golds), strict=True)
+        {"problem_id": pid, "sample": s, "text": text, "answer": answer, "gold": gold, "correct": ok}
+        for (pid, s), text, gold, (ok, answer) in zip(pairs, texts, golds, graded, strict=True)
     ]
 
 
@@ -115,7 +116,7 @@ def draw(pairs: list[Pair], problems: dict, generate: Generate, prompt_of, setti
         return _texts(chunk, problems, prompts, generate, prompt_of, settings.seed)
 
     def grade_and_write(chunk: list[Pair], texts: list[str]) -> None:
-        write(_graded(chunk, texts, problems))
+        write(_graded(chunk, texts, problems, settings.convention))
 
     if overlaps_grading(settings):
         _overlapped(chunks, generate_chunk, grade_and_write)
