@@ -88,7 +88,7 @@ MUTANTS: list[Mutant] = [
            "the chunked path's NaN/inf check switched off", CHUNKED),
     # ---- grading (src/eksft/grading.py) ----
     Mutant("grading-gold-period-kept", "src/eksft/grading.py",
-           'jobs.append((_TRAILING_PERIOD_RE.sub(r"\\1", gold), ', "jobs.append((gold, ",
+           'return ("eksft", _TRAILING_PERIOD_RE.sub(r"\\1", gold), ', 'return ("eksft", gold, ',
            "a trailing period in the gold answer no longer stripped", ("tests/test_grading.py",)),
     # ---- the trainer, more (src/eksft/trainer/eksft_trainer.py) ----
     Mutant("trainer-aux-loss-not-accumulated", TRAINER,
