@@ -369,7 +369,9 @@ def test_model_card_and_tags_are_sft_trainers_plus_eksft(pair, conversation):
     assert set(ours_header["tags"]) == set(theirs_header["tags"]) | {"eksft"}
     assert ours_header["library_name"] == theirs_header["library_name"] == "transformers"
     assert "This model was trained with SFT." in theirs_body
-    assert "This model was trained with EKSFT." in ours_body
+    # ours cites the paper (TRL's `_paper` convention), where SFTTrainer, which has none, says only its name
+    assert "This model was trained with EKSFT, a method introduced in [Entropy-KL Selective Fine-Tuning" in ours_body
+    assert "arXiv:2605.29303" in ours_body and "2605.29303" not in theirs_body
     for text in ("It has been trained using [TRL](https://github.com/huggingface/trl).", "- TRL: ", "Cite TRL as"):
         assert text in theirs_body and text in ours_body, text
     assert set(theirs.model.model_tags) == {"trl", "sft"} and set(ours.model.model_tags) == {"trl", "sft", "eksft"}
