@@ -1,16 +1,19 @@
 """LoRA from training to evaluation, as a user runs it: ``eksft sft --use_peft`` writes an adapter folder; ``eksft
 eval`` takes it (base + adapter, merged in memory); ``eksft merge`` writes the merged model, which evaluates to the
-same samples; ``grpo``, ``analyze`` and ``eval --backend vllm`` stop with the merge command; the model card cites
-the paper and names the dataset."""
+same samples; ``grpo`` goes on training the adapter; ``analyze`` and ``eval --backend vllm`` stop with the merge
+command; the model card cites the paper and names the dataset."""
 
 import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from eksft.adapters import is_adapter_dir
 from eksft.cli import main
 
+GRPO_RECIPE = str(Path(__file__).resolve().parents[1] / "configs" / "grpo_tiny_cpu.yaml")
 PROBLEMS = [{"problem": f"What is {i} + {i + 2}?", "answer": str(2 * i + 2)} for i in range(3)]
 
 
@@ -69,19 +72,33 @@ def test_eval_on_the_adapter_equals_eval_on_its_merge(adapter, tmp_path, capsys)
     assert "a full model already (it has config.json): nothing to merge" in capsys.readouterr().err
 
 
+def test_grpo_goes_on_training_the_adapter(adapter, tmp_path, capsys):
+    """``eksft grpo`` on an adapter folder trains that adapter (the reference, with beta > 0, is the base: the adapter
+    disabled) and writes an adapter folder, which ``eksft eval`` takes in turn."""
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p["problem"], "answer": p["answer"]} for p in PROBLEMS])
+    out = tmp_path / "grpo"
+    command = ["grpo", "--config", GRPO_RECIPE, "--model_name_or_path", str(adapter), "--dataset_name", prompts,
+               "--max_steps", "2", "--beta", "0.1"]  # fmt: skip
+    assert main([*command, "--output_dir", str(out)]) == 0
+    assert is_adapter_dir(out)
+    before, after = load_file(adapter / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
+    assert evaluate(out, tmp_path / "eval-grpo") == 0
+    capsys.readouterr()
+    assert main([*command, "--output_dir", str(tmp_path / "again"), "--use_peft"]) == 2
+    assert "GRPO goes on training that adapter, so drop --use_peft" in capsys.readouterr().err
+
+
 def test_commands_that_need_a_full_model_name_the_merge_command(adapter, tmp_path, capsys):
     merge = f"eksft merge {adapter} {adapter}-merged"
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROBLEMS)
-    assert main(["grpo", "--model_name_or_path", str(adapter), "--dataset_name", prompts, "--output_dir",
-                 str(tmp_path / "grpo"), "--use_cpu", "true"]) == 2  # fmt: skip
-    assert merge in capsys.readouterr().err
     assert main(["analyze", "--base", str(adapter), "--model", str(adapter), "--output_dir",
                  str(tmp_path / "analysis")]) == 2  # fmt: skip
     assert merge in capsys.readouterr().err
     assert evaluate(adapter, tmp_path / "vllm", "--backend", "vllm") == 2
     err = capsys.readouterr().err
     assert merge in err or "vLLM is not installed" in err
-    assert not (tmp_path / "grpo").exists() and not (tmp_path / "analysis").exists()
+    assert not (tmp_path / "analysis").exists()
 
 
 def test_merge_finds_a_moved_base_with_base_model(adapter, tiny_model_dir, tmp_path, capsys):

@@ -3,7 +3,8 @@
 An adapter folder holds ``adapter_config.json``, the adapter weights and the tokenizer, but no ``config.json``: the
 base model is named by ``base_model_name_or_path`` in the adapter config. ``eksft eval`` (hf backend) loads the base,
 applies the adapter and merges it in memory; ``eksft merge`` writes the merged model as a full model directory, which
-is what ``eksft grpo``, ``eksft analyze`` and vLLM take (they stop with the merge command when given an adapter).
+is what ``eksft analyze`` and vLLM take (they stop with the merge command when given an adapter). ``eksft grpo`` on an
+adapter folder goes on training that adapter.
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ def adapter_base(adapter_dir: str | os.PathLike, base: str | None = None) -> str
     return base  # a hub id
 
 
-def load_merged_model(adapter_dir: str | os.PathLike, base: str | None = None, dtype="auto",
-                      trust_remote_code: bool = False):  # fmt: skip
-    """The base model with the adapter merged into its weights (``merge_and_unload``): a plain transformers model."""
+def load_adapter_model(adapter_dir: str | os.PathLike, base: str | None = None, dtype="auto",
+                       trust_remote_code: bool = False, trainable: bool = False):  # fmt: skip
+    """The base model with the adapter applied (a ``peft.PeftModel``); ``trainable``: the adapter's weights train."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -87,10 +88,15 @@ def load_merged_model(adapter_dir: str | os.PathLike, base: str | None = None, d
     try:
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)  # fmt: skip
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     except (OSError, ValueError, RuntimeError) as err:
         raise UserError(f"cannot apply the adapter {adapter_dir} to its base {base_path}: {err}") from None
-    return model.merge_and_unload()
+
+
+def load_merged_model(adapter_dir: str | os.PathLike, base: str | None = None, dtype="auto",
+                      trust_remote_code: bool = False):  # fmt: skip
+    """The base model with the adapter merged into its weights (``merge_and_unload``): a plain transformers model."""
+    return load_adapter_model(adapter_dir, base, dtype, trust_remote_code).merge_and_unload()
 
 
 def merge_adapter(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike, base: str | None = None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 
+from ..adapters import is_adapter_dir, load_adapter_model
 from ..errors import UserError
 from ..trainer.checkpoints import resolve_checkpoint
 from .recipe import create_trainer, load_policy_tokenizer, parse_recipe, train_and_save
@@ -41,7 +42,12 @@ def main(argv: list[str]) -> int:
     from ..grpo import build_trainer, load_prompts, reward_functions
 
     reward_functions(data_args.reward_funcs)  # an unknown reward fails now, not after loading the model
-    tokenizer = load_policy_tokenizer(model_args, config)
+    adapter = is_adapter_dir(model_args.model_name_or_path)
+    if adapter and model_args.use_peft:
+        raise UserError(f"--model_name_or_path {model_args.model_name_or_path} is a LoRA adapter folder: GRPO goes on "
+                        "training that adapter, so drop --use_peft (or merge it first with eksft merge, and train a "
+                        "new adapter on the merged model)")  # fmt: skip
+    tokenizer = load_policy_tokenizer(model_args, config, adapters=True)
     if not tokenizer.chat_template:
         raise UserError(f"the tokenizer of {model_args.model_name_or_path!r} has no chat template; GRPO prompts are "
                         "chats: use the output directory of eksft sft, or add a chat_template to its tokenizer")  # fmt: skip
@@ -54,12 +60,14 @@ def main(argv: list[str]) -> int:
         config.use_vllm = False
 
     resume = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, config.process_index == 0)  # before loading the model: fail fast
-    trainer = create_trainer(
-        lambda: build_trainer(
-            model_args.model_name_or_path, config, dataset, data_args.reward_funcs, processing_class=tokenizer,
-            peft_config=get_peft_config(model_args), quantization_config=get_quantization_config(model_args),
-        ),
-        model_args,
-        config,
-    )  # fmt: skip
+    def build():
+        model = model_args.model_name_or_path
+        if adapter:  # the SFT adapter on its base, its weights trainable: GRPO goes on from it
+            model = load_adapter_model(model, dtype=model_args.dtype or "auto", trainable=True,
+                                       trust_remote_code=config.trust_remote_code)  # fmt: skip
+        return build_trainer(model, config, dataset, data_args.reward_funcs, processing_class=tokenizer,
+                             peft_config=get_peft_config(model_args),
+                             quantization_config=get_quantization_config(model_args))  # fmt: skip
+
+    trainer = create_trainer(build, model_args, config, model_given=adapter)
     return train_and_save(trainer, resume, "eksft grpo", argv, data_args.dataset_name)

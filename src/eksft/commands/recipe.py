@@ -34,21 +34,37 @@ def resume_command(prog: str, argv: list[str]) -> str:
     return f"{prog} {shlex.join([*kept, '--resume_from_checkpoint', 'last'])}"
 
 
-def load_policy_tokenizer(model_args, config):
-    """The tokenizer of ``--model_name_or_path``, after refusing pickle-only weights: both before any data is read."""
+def load_policy_tokenizer(model_args, config, adapters: bool = False):
+    """The tokenizer of ``--model_name_or_path``, after refusing pickle-only weights: both before any data is read.
+    ``adapters``: a LoRA adapter folder is taken (its base's weights are checked)."""
+    from ..adapters import adapter_base, is_adapter_dir
     from ..loading import check_safetensors_weights, load_tokenizer
 
     name = model_args.model_name_or_path
-    tokenizer = load_tokenizer(name, "--model_name_or_path", revision=model_args.model_revision,
+    tokenizer = load_tokenizer(name, "--model_name_or_path", revision=model_args.model_revision, adapters=adapters,
                                trust_remote_code=config.trust_remote_code)  # fmt: skip
+    if adapters and is_adapter_dir(name):
+        name = adapter_base(name)
     if (config.model_init_kwargs or {}).get("use_safetensors", True):
         check_safetensors_weights(name, "--model_name_or_path")
     return tokenizer
 
 
-def create_trainer(build, model_args, config):
-    """``build()``, with the model loaded by TRL from its path as trl/scripts do; what TRL and the reference reject
-    (a model that cannot load, a combination of model, data and options) becomes a ``UserError``."""
+def create_trainer(build, model_args, config, model_given: bool = False):
+    """``build()``, with the model loaded by TRL from its path as trl/scripts do (``model_given``: ``build`` passes a
+    model object instead); what TRL and the reference reject (a model that cannot load, a combination of model, data
+    and options) becomes a ``UserError``."""
+    if not model_given:
+        _model_init_kwargs(model_args, config)
+    try:
+        return build()
+    except OSError as err:
+        raise UserError(f"cannot load the model {model_args.model_name_or_path!r}: {err}") from None
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _model_init_kwargs(model_args, config) -> None:
     config.model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": config.trust_remote_code,
@@ -56,12 +72,6 @@ def create_trainer(build, model_args, config):
         "dtype": model_args.dtype,
         **(config.model_init_kwargs or {}),
     }
-    try:
-        return build()
-    except OSError as err:
-        raise UserError(f"cannot load the model {model_args.model_name_or_path!r}: {err}") from None
-    except ValueError as err:
-        raise UserError(str(err)) from None
 
 
 def train_and_save(trainer, resume: str | None, prog: str, argv: list[str], dataset_name: str | None = None) -> int:
