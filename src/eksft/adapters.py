@@ -78,6 +78,16 @@ def adapter_base(adapter_dir: str | os.PathLike, base: str | None = None) -> str
     return base  # a hub id
 
 
+def adapter_rank(adapter_dir: str | os.PathLike) -> int:
+    """The LoRA rank ``r`` of the adapter config (the largest in ``rank_pattern`` when that gives some modules more)."""
+    config_file = Path(adapter_dir).expanduser() / ADAPTER_CONFIG
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        return max([int(config.get("r") or 8), *map(int, (config.get("rank_pattern") or {}).values())])
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise UserError(f"{config_file}: cannot read the adapter's rank ({err})") from None
+
+
 def load_adapter_model(adapter_dir: str | os.PathLike, base: str | None = None, dtype="auto",
                        trust_remote_code: bool = False, trainable: bool = False):  # fmt: skip
     """The base model with the adapter applied (a ``peft.PeftModel``); ``trainable``: the adapter's weights train."""

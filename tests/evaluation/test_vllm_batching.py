@@ -45,6 +45,11 @@ class FakeSamplingParams:
         self.__dict__.update(kwargs)
 
 
+class FakeLoRARequest:
+    def __init__(self, lora_name, lora_int_id, lora_path):
+        self.lora_name, self.lora_int_id, self.lora_path = lora_name, lora_int_id, lora_path
+
+
 class FakeLLM:
     """Records its constructor's keyword arguments and each ``generate`` call; raises KeyboardInterrupt in call
     number ``fail_on`` (1-based) as a Ctrl-C would; calls ``on_generate(call number)`` as each call starts."""
@@ -54,13 +59,15 @@ class FakeLLM:
     def __init__(self, **kwargs):
         self.kwargs = kwargs
         self.calls: list[int] = []  # requests per call
+        self.lora_requests: list = []  # the lora_request of each call
         self.seeds: list[int] = []
         self.fail_on: int | None = None
         self.on_generate = None
         FakeLLM.created.append(self)
 
-    def generate(self, requests, params, use_tqdm=True):
+    def generate(self, requests, params, use_tqdm=True, lora_request=None):
         self.calls.append(len(requests))
+        self.lora_requests.append(lora_request)
         if self.on_generate is not None:
             self.on_generate(len(self.calls))
         if self.fail_on == len(self.calls):
@@ -77,6 +84,10 @@ def fake_vllm(monkeypatch):
     module = types.ModuleType("vllm")
     module.LLM, module.SamplingParams = FakeLLM, FakeSamplingParams
     monkeypatch.setitem(sys.modules, "vllm", module)
+    request = types.ModuleType("vllm.lora.request")
+    request.LoRARequest = FakeLoRARequest
+    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", request)
     FakeLLM.created = []
     return module
 
@@ -249,7 +260,7 @@ def test_eval_command_hands_vllm_its_chunks_and_engine_options(tiny_model_dir, f
     from eksft.evaluation import generation
 
     class AnswersOne(FakeLLM):
-        def generate(self, requests, params, use_tqdm=True):
+        def generate(self, requests, params, use_tqdm=True, lora_request=None):
             self.calls.append(len(requests))
             return [SimpleNamespace(outputs=[SimpleNamespace(text="\\boxed{2}")]) for _ in requests]
 
@@ -272,3 +283,22 @@ def test_eval_command_hands_vllm_its_chunks_and_engine_options(tiny_model_dir, f
     assert "--tensor_parallel_size, --gpu_memory_utilization, --max_model_len: options of --backend vllm" \
         in capsys.readouterr().err  # fmt: skip
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_lora_adapter_runs_on_its_base_engine_with_vllm_lora(tmp_path):
+    """An adapter folder: the engine is the base model's with LoRA enabled at the next rank vLLM allocates, and every
+    call carries the adapter's LoRARequest."""
+    base = tmp_path / "base"
+    base.mkdir()
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "r": 12}))
+    generator = VLLMGenerator(str(adapter), FakeTokenizer(), SamplingSettings(0.6, 0.95, 16))
+    (llm,) = FakeLLM.created
+    assert llm.kwargs["model"] == str(base.absolute())
+    assert (llm.kwargs["enable_lora"], llm.kwargs["max_lora_rank"], llm.kwargs["max_loras"]) == (True, 16, 1)
+    generator.generate([PROBLEMS[0].problem] * 2, [1, 2])
+    (request,) = llm.lora_requests
+    assert (request.lora_path, request.lora_int_id) == (str(adapter), 1)
+    plain = VLLMGenerator(str(base), FakeTokenizer(), SamplingSettings(0.6, 0.95, 16))
+    assert "enable_lora" not in FakeLLM.created[-1].kwargs and plain.lora is None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..adapters import adapter_base, adapter_refusal, is_adapter_dir
+from ..adapters import adapter_base, is_adapter_dir
 from ..errors import UserError
 from ..evaluation.benchmarks import BENCHMARKS
 from ..evaluation.conventions import DEFAULT_PROMPT_TEMPLATE
@@ -219,9 +219,6 @@ def main(argv: list[str]) -> int:
 
     benchmarks = [load_benchmark(resolve(name, args.problem_field, args.answer_field), args.limit)
                   for name in args.benchmark]  # fmt: skip
-    if args.backend == "vllm" and is_adapter_dir(args.model):
-        raise adapter_refusal(args.model, "--model", "--backend vllm serves full models (or use --backend hf, which "
-                              "merges the adapter in memory)")  # fmt: skip
     tokenizer = load_tokenizer(args.model, trust_flag="--trust_remote_code", adapters=True,
                                trust_remote_code=args.trust_remote_code)  # fmt: skip
     model = str(Path(args.model).expanduser().resolve()) if Path(args.model).expanduser().is_dir() else args.model

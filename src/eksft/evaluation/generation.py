@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..adapters import is_adapter_dir, load_merged_model
+from ..adapters import adapter_base, adapter_rank, is_adapter_dir, load_merged_model
 
 __all__ = [
     "VLLM_DEFAULTS", "HFGenerator", "PerSampleSampler", "SamplingSettings", "VLLMGenerator", "check_vllm_options",
@@ -167,7 +167,9 @@ class VLLMGenerator:
     advances once per call, and a call is thousands of requests.
 
     ``generate`` takes any number of prompts; the runner gives it thousands at once (``EvalSettings.chunk_size``),
-    which vLLM schedules itself.
+    which vLLM schedules itself. A LoRA adapter folder (``eksft.adapters``) runs on its base model's engine with vLLM's
+    LoRA support, the adapter applied to every request; an adapter vLLM cannot serve (say, one that also trains full
+    modules) is an error from vLLM: merge it first (``eksft merge``).
     """
 
     def __init__(self, model_dir: str, tokenizer, settings: SamplingSettings, dtype: str = "auto",
@@ -177,9 +179,18 @@ class VLLMGenerator:
         check_vllm_options(tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len)
         from vllm import LLM
 
+        self.lora, lora_options = None, {}
+        if is_adapter_dir(model_dir):  # vLLM's LoRA: the base model's engine, the adapter applied to every request
+            from vllm.lora.request import LoRARequest
+
+            rank = adapter_rank(model_dir)
+            lora_options = {"enable_lora": True, "max_loras": 1,
+                            "max_lora_rank": next((r for r in VLLM_LORA_RANKS if r >= rank), rank)}  # fmt: skip
+            self.lora = LoRARequest("eksft-adapter", 1, str(model_dir))
+            model_dir = adapter_base(model_dir)
         self.llm = LLM(model=model_dir, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                       load_format="safetensors", trust_remote_code=trust_remote_code)  # fmt: skip
+                       load_format="safetensors", trust_remote_code=trust_remote_code, **lora_options)  # fmt: skip
         self.tokenizer = tokenizer
         self.settings = settings
         self.use_tqdm = use_tqdm
@@ -201,9 +212,13 @@ class VLLMGenerator:
 
     def generate(self, prompts: list[str], seeds: list[int]) -> list[str]:
         requests, params = self.requests(prompts, seeds)
-        outputs = self.llm.generate(requests, params, use_tqdm=self.use_tqdm)  # in the order of the requests
+        outputs = self.llm.generate(requests, params, use_tqdm=self.use_tqdm,
+                                    lora_request=self.lora)  # in the order of the requests
         return [output.outputs[0].text for output in outputs]
 
+
+# the ranks vLLM's LoRA support allocates for (vllm.config.LoRAConfig): an adapter of rank r gets the next one up
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 VLLM_DEFAULTS = {"tensor_parallel_size": 1, "data_parallel_size": 1, "gpu_memory_utilization": 0.9,
                  "max_model_len": None}  # fmt: skip
