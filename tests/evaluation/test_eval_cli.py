@@ -35,7 +35,7 @@ def test_eval_on_the_tiny_model_writes_samples_and_the_table(tiny_model_dir, fiv
     assert len((out / "five" / "samples.jsonl").read_text().splitlines()) == 10
     capsys.readouterr()
     assert cli.main(["eval", "--report", str(out), str(out / "results.json")]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 6  # header, rule, two rows, blank, note
+    assert len(capsys.readouterr().out.splitlines()) == 7  # header, rule, two rows, blank, two notes
 
 
 def test_limit_and_two_benchmarks(tiny_model_dir, five_problems, tmp_path):

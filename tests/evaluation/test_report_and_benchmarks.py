@@ -31,6 +31,15 @@ def test_table_rows_are_models_and_columns_benchmark_by_metric_then_average():
     assert len({line.count("|") for line in lines[:4]}) == 1  # every row has every column
 
 
+def test_the_table_says_which_grading_convention_its_rows_follow():
+    ours = summary("/runs/a", {"aime24": {"avg@4": 0.1}})
+    theirs = {**summary("/runs/b", {"aime24": {"avg@4": 0.3}}), "settings": {"convention": "lighteval"}}
+    assert render_table([ours]).splitlines()[-1] == "Graded with the eksft convention (the last \\boxed{} after any </think>)."
+    assert render_table([theirs]).splitlines()[-1].startswith("Graded with the lighteval convention")
+    assert render_table([ours, theirs]).splitlines()[-1] == (
+        "Rows graded with different conventions (a: eksft, b: lighteval): their scores do not compare.")
+
+
 def test_pass_at_1_is_shown_only_without_avg():
     only_pass = summary("m", {"toy": {"pass@1": 0.25, "pass@2": 0.5}})
     assert render_table([only_pass]).splitlines()[0] == "| model | toy pass@1 | toy pass@2 |"

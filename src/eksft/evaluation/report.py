@@ -67,7 +67,21 @@ def render_table(summaries: list[dict]) -> str:
     lines.append("")
     lines.append("Scores in %. avg@n: mean accuracy over n samples per problem (= unbiased pass@1); "
                  "pass@k: unbiased estimator of Chen et al. (2021).")  # fmt: skip
+    lines.append(_convention_note(summaries))
     return "\n".join(lines) + "\n"
+
+
+def _convention_note(summaries: list[dict]) -> str:
+    """Which grading convention the rows follow (``eksft.evaluation.conventions``); runs from before conventions
+    existed graded as ``eksft`` does."""
+    used = {model_label(s): (s.get("settings") or {}).get("convention") or "eksft" for s in summaries}
+    rules = {"eksft": "the last \\boxed{} after any </think>", "lighteval": "lighteval's math tasks' prompts and "
+             "extraction"}  # fmt: skip
+    if len(set(used.values())) == 1:
+        name = next(iter(used.values()))
+        return f"Graded with the {name} convention ({rules.get(name, name)})."
+    rows = ", ".join(f"{label}: {name}" for label, name in used.items())
+    return f"Rows graded with different conventions ({rows}): their scores do not compare."
 
 
 def load_results(path: str | Path) -> dict:
