@@ -225,3 +225,23 @@ def test_grade_batch_arguments() -> None:
     assert grade_batch([None, 3, r"\boxed{1}"], ["1", "1", None]) == [False, False, False]  # type: ignore[list-item]
     with pytest.raises(ValueError, match="length"):
         grade_batch([r"\boxed{1}"], ["1", "2"])
+
+
+def test_grading_works_under_a_script_that_maps_gigabytes_at_its_top(tmp_path):
+    """``spawn`` re-runs the top of the parent's main script in each worker before the worker sets its memory limit;
+    a training script that imports CUDA torch there maps gigabytes. The limit is counted on top of that, so grading
+    still works (with a fixed 2 GiB limit the workers died at start and every answer was lost)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import mmap\n"
+        "RESERVED = mmap.mmap(-1, 3 * 2**30)  # 3 GiB of address space, never touched (as a CUDA import maps)\n"
+        "from eksft.grading import grade_batch\n"
+        "if __name__ == '__main__':\n"
+        "    print(grade_batch([r'\\boxed{4}', r'\\boxed{5}'], ['4', '4'], max_workers=1))\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[True, False]"

@@ -18,8 +18,10 @@ Under the default convention, a completion is correct when the content of its la
   power tower such as ``9^{9^{9^{9^{9}}}}`` never returns). So they are switched off and every check runs in a
   worker process that is killed (SIGKILL) and replaced when it exceeds its own per-item timeout. Workers also get an
   address-space limit (``RLIMIT_AS``) so an input cannot eat the machine, ignore SIGINT, and use the ``spawn`` start
-  method (forking a process that holds CUDA or a tokenizer thread pool is unsafe). They stay alive between calls:
-  starting one costs about a second (importing sympy).
+  method (forking a process that holds CUDA or a tokenizer thread pool is unsafe). The limit is ``MEMORY_LIMIT_BYTES``
+  on top of what the worker maps when it starts: ``spawn`` re-runs the top of the parent's main script first, and a
+  training script that imports CUDA torch there maps gigabytes, which a fixed limit would leave no room above (every
+  answer would then grade False). They stay alive between calls: starting one costs about a second (sympy).
 * Answers or golds longer than ``MAX_ANSWER_CHARS`` are graded False without parsing: no benchmark answer is that
   long, and parsing them only burns a worker's timeout.
 
@@ -196,6 +198,18 @@ def _lighteval_check(parse, verify, gold: str | None, completion: str) -> tuple[
     return bool(verify(list(golds), list(predictions), float_rounding=6, timeout_seconds=None)), answer
 
 
+def _address_space() -> int:
+    """Bytes of address space this process maps now (``VmSize``; 0 where ``/proc`` does not say)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _worker_main(conn, memory_limit: int) -> None:
     """Worker process: answers ``(convention, gold, text)`` jobs with ``(correct, extracted)`` until it gets None or
     its pipe closes (``text`` is the boxed answer under ``"eksft"``, the whole completion under ``"lighteval"``)."""
@@ -206,7 +220,10 @@ def _worker_main(conn, memory_limit: int) -> None:
     try:
         import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        # on top of what the process already maps: a spawned worker has re-run the parent's main script first, and
+        # a script that imports CUDA torch at its top maps gigabytes before we get here
+        limit = _address_space() + memory_limit
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (ImportError, ValueError, OSError):
         pass
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # "timeout is disabled" and parse-failure chatter

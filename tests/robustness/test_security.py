@@ -94,11 +94,13 @@ def test_grading_of_hostile_model_output_is_bounded(reliability):
     for worker in grading._pool.workers:
         line = next(x for x in Path(f"/proc/{worker.proc.pid}/limits").read_text().splitlines() if "address space" in x)
         limits.add(int(line.split()[3]))
-    assert limits == {grading.MEMORY_LIMIT_BYTES}
+    # MEMORY_LIMIT_BYTES above what a fresh worker maps (the interpreter, and the top of pytest's main script)
+    assert all(grading.MEMORY_LIMIT_BYTES < limit < grading.MEMORY_LIMIT_BYTES + 4 * 2**30 for limit in limits)
     reliability.record(
         "security/grading-limits", "grading (eksft eval, GRPO rewards)",
         "model answers math-verify cannot finish with: a power tower 9^{9^{9^{9^{9}}}} and 10^{10^{10}}, in one batch "
         "with a correct answer, on 2 warm workers with a 2 s per-item timeout",
         "both graded False and the correct one True in under 30 s; both workers were replaced by new processes; "
-        f"every grading worker runs with an address-space limit of {grading.MEMORY_LIMIT_BYTES // 2**30} GiB",
+        f"every grading worker runs with an address-space limit of {grading.MEMORY_LIMIT_BYTES // 2**30} GiB above what "
+        "it maps when it starts",
     )  # fmt: skip
