@@ -117,6 +117,7 @@ def merge_adapter(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike,
     from transformers import AutoTokenizer
 
     from .files import check_writable, fresh_sibling, replace_directory
+    from .loading import TOKENIZER_FILES
 
     adapter_dir, output_dir = Path(adapter_dir).expanduser(), Path(output_dir).expanduser().absolute()
     check_adapter_dir(adapter_dir)
@@ -124,7 +125,7 @@ def merge_adapter(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike,
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise UserError(f"{output_dir} exists and is not empty; choose another OUTPUT_DIR or pass --overwrite")
     model = load_merged_model(adapter_dir, base, trust_remote_code=trust_remote_code)
-    has_tokenizer = any((adapter_dir / name).is_file() for name in ("tokenizer.json", "tokenizer.model"))
+    has_tokenizer = any((adapter_dir / name).is_file() for name in TOKENIZER_FILES)
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir) if has_tokenizer else adapter_base(adapter_dir, base))
     staging = fresh_sibling(output_dir, "merging")
     try:

@@ -62,7 +62,7 @@ from .real_data import (
     sft_rows,
 )
 from .real_texts import measure_texts, text_summary
-from .stages import _finish, _is_model_dir, _quiet_trainer, _staging
+from .stages import _is_model_dir, _staging, _train_into
 
 __all__ = ["REAL_PROFILE", "RealProfile", "final_answer_text", "run_real_demo"]
 
@@ -155,10 +155,7 @@ def train_sft(base_dir: Path, out_dir: Path, objective: str, rows: list[dict], p
         data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
         trainer = EKSFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                                callbacks=[_trainer_callback(progress, "loss")])  # fmt: skip
-        _quiet_trainer(trainer)
-        trainer.train()
-        trainer.save_model(str(staging))
-        _finish(staging, out_dir)
+        _train_into(trainer, staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -19,8 +19,13 @@ def _staging(final: Path) -> Path:
     return fresh_sibling(final, "tmp")
 
 
-def _finish(staging: Path, final: Path) -> None:
-    replace_directory(staging, final)  # an older ``final`` (a run that is being redone) goes only once this is in
+def _train_into(trainer, staging: Path, final: Path) -> None:
+    """Train without the Trainer's per-step prints, save the model into ``staging`` and rename it to ``final`` (an
+    older ``final``, of a run being redone, goes only once this one is in)."""
+    _quiet_trainer(trainer)
+    trainer.train()
+    trainer.save_model(str(staging))
+    replace_directory(staging, final)
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -49,10 +54,7 @@ def train_sft(base_dir: Path, out_dir: Path, objective: str, rows: list[dict], p
         )  # fmt: skip
         trainer = EKSFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
                                processing_class=tokenizer, callbacks=[_trainer_callback(progress, "loss")])  # fmt: skip
-        _quiet_trainer(trainer)
-        trainer.train()
-        trainer.save_model(str(staging))
-        _finish(staging, out_dir)
+        _train_into(trainer, staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -93,10 +95,7 @@ def train_grpo(sft_dir: Path, out_dir: Path, rows: list[dict], profile: Profile,
         trainer = build_trainer(str(sft_dir), config, Dataset.from_list(rows), ["accuracy", "format"],
                                 processing_class=tokenizer,
                                 callbacks=[_trainer_callback(progress, "rewards/accuracy_reward/mean")])  # fmt: skip
-        _quiet_trainer(trainer)
-        trainer.train()
-        trainer.save_model(str(staging))
-        _finish(staging, out_dir)
+        _train_into(trainer, staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

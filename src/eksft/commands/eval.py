@@ -124,17 +124,14 @@ def _engine_options(args) -> dict:
 
 def _check_backend_options(args) -> None:
     """vLLM's options checked before anything is read; with the hf backend they must keep their defaults."""
-    from ..evaluation.generation import VLLM_DEFAULTS, check_vllm_options, vllm_available
+    from ..evaluation.generation import changed_engine_options, check_vllm_options, vllm_available
 
-    options = {**_engine_options(args), "chunk_size": args.chunk_size}
-    defaults = {**VLLM_DEFAULTS, "chunk_size": DEFAULT_CHUNK_SIZE}
     if args.backend == "hf":
-        changed = [f"--{key}" for key, value in options.items() if value != defaults[key]]
+        changed = changed_engine_options(_engine_options(args)) + ["chunk_size"] * (args.chunk_size != DEFAULT_CHUNK_SIZE)
         if changed:
-            raise UserError(f"{', '.join(changed)}: options of --backend vllm; drop them, or add --backend vllm")
+            raise UserError(f"{', '.join('--' + key for key in changed)}: options of --backend vllm; drop them, or "
+                            "add --backend vllm")  # fmt: skip
         return
-    if args.chunk_size < 1:
-        raise UserError(f"--chunk_size must be >= 1; got {args.chunk_size}")
     check_vllm_options(**_engine_options(args))
     if not vllm_available():
         raise UserError("--backend vllm: vLLM is not installed (pip install 'eksft[vllm]'); or use --backend hf")

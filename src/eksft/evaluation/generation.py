@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from ..adapters import adapter_base, adapter_rank, is_adapter_dir, load_merged_model
 
 __all__ = [
-    "VLLM_DEFAULTS", "HFGenerator", "PerSampleSampler", "SamplingSettings", "VLLMGenerator", "check_vllm_options",
+    "VLLM_DEFAULTS", "HFGenerator", "PerSampleSampler", "SamplingSettings", "VLLMGenerator", "changed_engine_options",
+    "check_vllm_options",
     "make_generator", "vllm_available",
 ]  # fmt: skip
 
@@ -224,6 +225,11 @@ VLLM_DEFAULTS = {"tensor_parallel_size": 1, "data_parallel_size": 1, "gpu_memory
                  "max_model_len": None}  # fmt: skip
 
 
+def changed_engine_options(options: dict) -> list[str]:
+    """The names of the vLLM engine options in ``options`` that differ from their defaults (``VLLM_DEFAULTS``)."""
+    return [key for key, value in options.items() if value != VLLM_DEFAULTS[key]]
+
+
 def make_generator(backend: str, model_dir: str, tokenizer, settings: SamplingSettings, dtype: str = "auto",
                    trust_remote_code: bool = False, *, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
                    gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
@@ -235,7 +241,7 @@ def make_generator(backend: str, model_dir: str, tokenizer, settings: SamplingSe
     options = {"tensor_parallel_size": tensor_parallel_size, "data_parallel_size": data_parallel_size,
                "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len}  # fmt: skip
     if backend == "hf":
-        changed = [f"{key}={value!r}" for key, value in options.items() if value != VLLM_DEFAULTS[key]]
+        changed = [f"{key}={options[key]!r}" for key in changed_engine_options(options)]
         if changed:
             raise UserError(f"{', '.join(changed)}: vLLM engine options, for backend vllm only (backend is hf)")
         return HFGenerator(model_dir, tokenizer, settings, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -208,14 +208,14 @@ def _check_golds(scan: SampleScan, benchmark: Benchmark, path: Path) -> None:
                             "--output-dir")  # fmt: skip
 
 
-def _check_run_file(directory: Path, identity: dict) -> bool:
-    """Whether ``directory`` may take samples drawn as ``identity`` says; True when its run file is still to write."""
+def _check_run_file(directory: Path, identity: dict) -> None:
+    """A ``UserError`` unless ``directory`` may take samples drawn as ``identity`` says (a fresh directory may)."""
     path = directory / RUN_FILE
     if not path.exists():
         if (directory / SAMPLES_FILE).exists():
             raise UserError(f"{directory / SAMPLES_FILE} exists without {RUN_FILE}, so nothing says how its samples "
                             "were drawn; use another --output-dir")  # fmt: skip
-        return True
+        return
     try:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError):
@@ -227,7 +227,6 @@ def _check_run_file(directory: Path, identity: dict) -> bool:
         details = "; ".join(f"{key}: {_short(previous.get(key))} on disk, {_short(identity[key])} now" for key in changed)
         raise UserError(f"{directory} holds samples drawn with other settings ({details}); use another --output-dir, "
                         "or the same settings to resume")  # fmt: skip
-    return False
 
 
 @dataclass(frozen=True)
