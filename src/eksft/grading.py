@@ -63,11 +63,11 @@ from collections import deque
 from multiprocessing.connection import wait
 
 __all__ = [
-    "CONVENTIONS", "MAX_ANSWER_CHARS", "boxed_answers", "extract_answer", "extract_answers", "grade_and_extract",
+    "GRADING_RULES", "MAX_ANSWER_CHARS", "boxed_answers", "extract_answer", "extract_answers", "grade_and_extract",
     "grade_batch", "is_correct",
 ]  # fmt: skip
 
-CONVENTIONS = ("eksft", "lighteval")
+GRADING_RULES = ("eksft", "lighteval")
 MAX_ANSWER_CHARS = 1000
 MEMORY_LIMIT_BYTES = 2 * 1024**3
 _STARTUP_TIMEOUT_S = 120.0
@@ -123,8 +123,8 @@ def _boxed_answer(completion: str) -> str | None:
 
 
 def _check_convention(convention: str) -> str:
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown grading convention {convention!r}; known: {', '.join(CONVENTIONS)}")
+    if convention not in GRADING_RULES:
+        raise ValueError(f"unknown grading convention {convention!r}; known: {', '.join(GRADING_RULES)}")
     return convention
 
 
